@@ -1,0 +1,64 @@
+"""Login probes, one module per protocol, each `async def probe(attempt) -> None`; run_check
+owns the deadline and turns whatever happened into exactly one Result."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from agent.probes import http, mqtt, plain, xmpp
+from agent.probes.base import Attempt, Clock, ProbeFailure, ProbeOptions
+from loginprobe.reasons import Reason
+from loginprobe.result import Result
+from loginprobe.target import Target
+
+log = logging.getLogger(__name__)
+
+Probe = Callable[[Attempt], Awaitable[None]]
+PROBES: dict[str, Probe] = {
+    "xmpp": xmpp.probe,
+    "mqtt": mqtt.probe,
+    "http": http.probe,
+    "tcp": plain.probe,
+    "tls": plain.probe,
+}
+# When the deadline passes, the phase in flight is blamed.
+_TIMEOUT_REASONS = {
+    "dns": Reason.DNS_TIMEOUT,
+    "tcp": Reason.TCP_TIMEOUT,
+    "tls": Reason.TLS_TIMEOUT,
+    "login": Reason.LOGIN_TIMEOUT,
+}
+
+__all__ = ["ProbeOptions", "run_check"]
+
+
+async def run_check(
+    target: Target, options: ProbeOptions, clock: Clock = time.monotonic_ns
+) -> Result:
+    """One login attempt against target within options.timeout; never raises for a failing
+    target."""
+    attempt = Attempt(target, options, clock)
+    reason, message = Reason.OK, "logged in"
+    try:
+        async with asyncio.timeout(options.timeout):
+            await PROBES[target.protocol](attempt)
+    except ProbeFailure as failure:
+        reason, message = failure.reason, failure.message
+    except TimeoutError:
+        phase = attempt.failed_phase
+        reason = _TIMEOUT_REASONS.get(phase or "", Reason.TIMEOUT)
+        message = f"no progress in the {phase} phase before the {options.timeout:g}s deadline" if phase else (
+            f"the {options.timeout:g}s deadline passed"
+        )
+    except Exception as exc:  # a bug of ours must still yield a Result
+        log.exception("internal error probing %s", target.url)
+        reason, message = Reason.INTERNAL_ERROR, f"internal error: {type(exc).__name__}"
+    finally:
+        for conn in attempt.conns:
+            await conn.close()
+    if reason is not Reason.OK:
+        attempt.note("*", f"failed: {reason}: {message}")
+    return attempt.result(reason, message)

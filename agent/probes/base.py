@@ -1,0 +1,213 @@
+"""What every probe shares: the options, the phase timer, the failure type and a bounded,
+transcribed connection."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from loginprobe.reasons import Reason
+from loginprobe.result import DNSInfo, Phase, Result, TLSInfo, TranscriptLine
+from loginprobe.target import Target
+
+Clock = Callable[[], int]
+
+# A server may not make a probe read more than this, in one message or in total: a hostile
+# or broken server that streams endlessly must not grow our memory.
+MAX_MESSAGE_BYTES = 256 * 1024
+MAX_TOTAL_BYTES = 1024 * 1024
+REDACTED = "<redacted>"
+PHASE_ORDER = ("ping", "dns", "tcp", "tls", "login")
+
+
+class ProbeFailure(Exception):
+    """Raised inside a probe to end the attempt with one reason; the runner turns it into a
+    Result. Messages carry the server's own words, never a secret."""
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ProbeOptions:
+    password: str | None = field(default=None, repr=False)
+    ca_file: str | None = None
+    insecure: bool = False
+    resolver: tuple[str, int] | None = None  # (ip, port); None: the system resolver
+    timeout: float = 10.0
+    interface: str | None = None  # SO_BINDTODEVICE
+    source_address: str | None = None
+    ping: bool = False
+
+
+class PhaseHandle:
+    """What a probe may tell the timer about the phase in flight."""
+
+    def __init__(self) -> None:
+        # A more exact duration than the wall-clock span, e.g. the kernel's own
+        # measurement of the TCP handshake, which excludes our scheduling delay.
+        self.measured_ns: int | None = None
+        self.skipped = False
+        self.ok: bool | None = None  # set to False to record a non-fatal failure
+        self.message = ""
+
+
+class Attempt:
+    """One login attempt in progress: phases, transcript and what was learned."""
+
+    def __init__(self, target: Target, options: ProbeOptions, clock: Clock = time.monotonic_ns):
+        self.target = target
+        self.options = options
+        self.clock = clock
+        self.started_at = datetime.now(UTC)
+        self.t0 = clock()
+        self.phases: list[Phase] = []
+        self.current: str | None = None
+        self.failed_phase: str | None = None
+        self.transcript: list[TranscriptLine] = []
+        self.tls: TLSInfo | None = None
+        self.dns: DNSInfo | None = None
+        self.resolved_address: str | None = None
+        self.bytes_read = 0
+        self.conns: list[Conn] = []  # closed by the runner, whatever happened
+
+    def now(self) -> int:
+        """Nanoseconds since the attempt started."""
+        return self.clock() - self.t0
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[PhaseHandle]:
+        handle = PhaseHandle()
+        start = self.now()
+        self.current = name
+        ok = False
+        try:
+            yield handle
+            ok = True
+        except BaseException:
+            self.failed_phase = name
+            raise
+        finally:
+            self.current = None
+            wall = self.now() - start
+            duration = handle.measured_ns if ok and handle.measured_ns is not None else wall
+            self.phases.append(
+                Phase(
+                    name=name,
+                    ok=ok if handle.ok is None else handle.ok and ok,
+                    start_ns=start,
+                    duration_ns=duration,
+                    skipped=handle.skipped,
+                    message=handle.message,
+                )
+            )
+
+    def note(self, direction: str, text: str) -> None:
+        self.transcript.append(TranscriptLine(self.now(), direction, text))
+
+    def result(self, reason: Reason, message: str) -> Result:
+        return Result(
+            url=self.target.url,
+            protocol=self.target.protocol,
+            success=reason is Reason.OK,
+            reason=reason,
+            message=self.scrub(message),
+            started_at=self.started_at,
+            duration_ns=self.now(),
+            phases=sorted(self.phases, key=lambda p: PHASE_ORDER.index(p.name)),
+            resolved_address=self.resolved_address,
+            tls=self.tls,
+            dns=self.dns,
+            transcript=[
+                TranscriptLine(t.offset_ns, t.direction, self.scrub(t.text))
+                for t in self.transcript
+            ],
+        )
+
+    def scrub(self, text: str) -> str:
+        """Last line of defence: the password never leaves in any text we produce."""
+        pw = self.options.password
+        return text.replace(pw, REDACTED) if pw else text
+
+
+def printable(data: bytes, limit: int = 2048) -> str:
+    """Bytes as transcript text: decoded where possible, escaped where not, cut at limit."""
+    text = data[:limit].decode("utf-8", "backslashreplace")
+    if len(data) > limit:
+        text += f"... ({len(data) - limit} more bytes)"
+    return text
+
+
+class Conn:
+    """An asyncio stream with bounded reads, a transcript, and failures mapped to reasons."""
+
+    def __init__(
+        self, attempt: Attempt, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.attempt = attempt
+        self.reader = reader
+        self.writer = writer
+        attempt.conns.append(self)
+
+    async def send(self, data: bytes, shown: str | None = None) -> None:
+        """Send data; `shown` replaces it in the transcript (for credentials)."""
+        self.attempt.note(">", shown if shown is not None else printable(data))
+        try:
+            self.writer.write(data)
+            await self.writer.drain()
+        except (ConnectionResetError, BrokenPipeError) as exc:
+            raise ProbeFailure(Reason.TCP_RESET, f"connection reset while sending: {exc}") from None
+
+    def _account(self, data: bytes) -> bytes:
+        self.attempt.bytes_read += len(data)
+        if data:
+            self.attempt.note("<", printable(data))
+        if self.attempt.bytes_read > MAX_TOTAL_BYTES:
+            raise ProbeFailure(
+                Reason.PROTOCOL_ERROR,
+                f"the server sent more than {MAX_TOTAL_BYTES} bytes without completing the login",
+            )
+        return data
+
+    async def recv(self, max_bytes: int = 65536) -> bytes:
+        """Whatever has arrived (at least one byte); EOF raises ProbeFailure."""
+        try:
+            data = await self.reader.read(max_bytes)
+        except (ConnectionResetError, BrokenPipeError) as exc:
+            raise ProbeFailure(Reason.TCP_RESET, f"connection reset by the server: {exc}") from None
+        if not data:
+            self.attempt.note("*", "connection closed by the server")
+            raise ProbeFailure(
+                Reason.PROTOCOL_ERROR, "the server closed the connection during the login"
+            )
+        return self._account(data)
+
+    async def recv_exactly(self, n: int) -> bytes:
+        if n > MAX_MESSAGE_BYTES:
+            raise ProbeFailure(
+                Reason.PROTOCOL_ERROR, f"the server announced a {n}-byte message; refused"
+            )
+        try:
+            data = await self.reader.readexactly(n)
+        except asyncio.IncompleteReadError as exc:
+            self._account(exc.partial)
+            self.attempt.note("*", "connection closed by the server")
+            raise ProbeFailure(
+                Reason.PROTOCOL_ERROR, "the server closed the connection during the login"
+            ) from None
+        except (ConnectionResetError, BrokenPipeError) as exc:
+            raise ProbeFailure(Reason.TCP_RESET, f"connection reset by the server: {exc}") from None
+        return self._account(data)
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            await asyncio.wait_for(self.writer.wait_closed(), 0.5)
+        except (OSError, TimeoutError):
+            pass  # the peer's manners on close do not change the verdict

@@ -1,0 +1,83 @@
+"""The tcp phase: connect, optionally bound to an interface or source address, timed by the
+kernel's own measurement of the handshake where it has one."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import socket
+import struct
+
+from agent.probes.base import Attempt, Conn, ProbeFailure
+from loginprobe.reasons import Reason
+
+_UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL, errno.ENETDOWN}
+_TCPI_RTT = struct.Struct("=I")
+_TCPI_RTT_OFFSET = 68  # struct tcp_info: 8 bytes of u8 fields, then 15 u32 before tcpi_rtt
+
+
+def handshake_rtt_ns(sock: socket.socket) -> int | None:
+    """SYN to SYN/ACK as the kernel measured it (tcpi_rtt, µs): free of the scheduling delay
+    between the SYN/ACK arriving and this process being told, which grows with load."""
+    try:
+        raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    except (OSError, AttributeError):
+        return None
+    if len(raw) < _TCPI_RTT_OFFSET + 4:
+        return None
+    (rtt_us,) = _TCPI_RTT.unpack_from(raw, _TCPI_RTT_OFFSET)
+    return rtt_us * 1000 if rtt_us else None
+
+
+def _socket_for(attempt: Attempt, address: str) -> socket.socket:
+    family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        # Login exchanges are small request/response turns: Nagle would add delay we'd
+        # then misreport as server latency.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        opts = attempt.options
+        if opts.interface:
+            sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_BINDTODEVICE, opts.interface.encode() + b"\0"
+            )
+        if opts.source_address:
+            sock.bind((opts.source_address, 0))
+    except OSError as exc:
+        sock.close()
+        where = opts.interface or opts.source_address
+        raise ProbeFailure(
+            Reason.TCP_UNREACHABLE, f"cannot bind to {where}: {exc.strerror or exc}"
+        ) from None
+    return sock
+
+
+async def connect(attempt: Attempt, address: str, port: int) -> Conn:
+    """The tcp phase. Returns a Conn; failures become ProbeFailure with the errno's reason."""
+    loop = asyncio.get_running_loop()
+    attempt.resolved_address = address
+    with attempt.phase("tcp") as phase:
+        sock = _socket_for(attempt, address)
+        try:
+            await loop.sock_connect(sock, (address, port))
+        except BaseException as exc:
+            sock.close()
+            if isinstance(exc, ConnectionRefusedError):
+                raise ProbeFailure(
+                    Reason.TCP_REFUSED, f"connection to {address} port {port} refused"
+                ) from None
+            if isinstance(exc, OSError) and exc.errno in _UNREACHABLE:
+                raise ProbeFailure(
+                    Reason.TCP_UNREACHABLE, f"{address} port {port}: {exc.strerror}"
+                ) from None
+            if isinstance(exc, OSError) and exc.errno == errno.ETIMEDOUT:
+                raise ProbeFailure(
+                    Reason.TCP_TIMEOUT, f"{address} port {port}: no answer to the SYN"
+                ) from None
+            raise
+        phase.measured_ns = handshake_rtt_ns(sock)
+        attempt.note("*", f"TCP connected to {address} port {port}")
+    reader, writer = await asyncio.open_connection(sock=sock, limit=2**16)
+    return Conn(attempt, reader, writer)
