@@ -1,0 +1,159 @@
+"""The `loginprobe` command: dispatch to check (and, as they land, agent, collector, compare)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from loginprobe import __version__
+from loginprobe.target import Target, TargetError, parse_target
+
+DEFAULT_PASSWORD_ENV = "LOGINPROBE_PASSWORD"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """A bad argument or config: printed on stderr, exit status 2, nothing probed."""
+
+
+def parse_resolver(text: str) -> tuple[str, int]:
+    """IP, IP:PORT, [IPv6] or [IPv6]:PORT."""
+    host, port = text, 53
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            port = _port(rest.removeprefix(":"), text)
+    elif text.count(":") == 1:
+        host, _, p = text.partition(":")
+        port = _port(p, text)
+    try:
+        return str(ipaddress.ip_address(host)), port
+    except ValueError:
+        raise UsageError(
+            f"--resolver {text!r}: expected an IP address with an optional port, "
+            "e.g. 192.0.2.53 or 192.0.2.53:5353 or [2001:db8::53]:53"
+        ) from None
+
+
+def _port(text: str, whole: str) -> int:
+    if text.isdigit() and 0 < int(text) < 65536:
+        return int(text)
+    raise UsageError(f"--resolver {whole!r}: {text!r} is not a port number (1-65535)")
+
+
+def read_password(target: Target, env_name: str | None, file_path: str | None) -> str | None:
+    """The password from a file or an environment variable; never from the URL or argv."""
+    if file_path:
+        try:
+            with open(file_path, encoding="utf-8") as f:
+                return f.read().rstrip("\r\n")
+        except OSError as exc:
+            raise UsageError(f"--password-file {file_path}: cannot read it ({exc.strerror})") from None
+    name = env_name or DEFAULT_PASSWORD_ENV
+    password = os.environ.get(name)
+    if password is None and target.user and target.needs_password:
+        raise UsageError(
+            f"no password for {target.user!r}: set the environment variable {name} "
+            "(or choose another with --password-env NAME), or pass --password-file PATH"
+        )
+    return password
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be between 0 and 3600 seconds")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="loginprobe",
+        description="Timed, phase-by-phase login probes for instant-messaging services.",
+    )
+    parser.add_argument("--version", action="version", version=f"loginprobe {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    check = sub.add_parser(
+        "check",
+        help="one login attempt, timed phase by phase, with a diagnosis",
+        description="One login attempt against URL: dns, tcp, tls and login, each timed; "
+        "exit 0 when the login worked, 1 when it failed, 2 on a usage error.",
+    )
+    check.add_argument("url", help="target URL, e.g. xmpp://alice@example.com")
+    pw = check.add_mutually_exclusive_group()
+    pw.add_argument(
+        "--password-env", metavar="NAME", help=f"read the password from $NAME (default {DEFAULT_PASSWORD_ENV})"
+    )
+    pw.add_argument("--password-file", metavar="PATH", help="read the password from this file")
+    check.add_argument("--ca-file", metavar="PEM", help="trust this CA bundle instead of the system's")
+    check.add_argument(
+        "--insecure", action="store_true", help="do not fail on certificate problems (still recorded)"
+    )
+    check.add_argument("--resolver", metavar="IP[:PORT]", help="send DNS queries to this server")
+    check.add_argument(
+        "--timeout", type=_positive, default=10.0, metavar="SECONDS",
+        help="deadline for the whole attempt (default 10)",
+    )
+    check.add_argument("--interface", metavar="IFACE", help="bind the connection to this interface")
+    check.add_argument("--source", metavar="ADDR", help="bind the connection to this source address")
+    check.add_argument("--ping", action="store_true", help="add an ICMP ping phase (needs CAP_NET_RAW)")
+    check.add_argument("--json", action="store_true", help="print one JSON object")
+    check.add_argument(
+        "-v", "--verbose", action="store_true",
+        help="add the protocol transcript (credentials redacted)",
+    )
+    return parser
+
+
+def run_check_command(args: argparse.Namespace) -> int:
+    from agent.probes import ProbeOptions, run_check
+    from loginprobe.render import waterfall
+
+    try:
+        target = parse_target(args.url)
+    except TargetError as exc:
+        raise UsageError(str(exc)) from None
+    if args.ca_file and not os.path.isfile(args.ca_file):
+        raise UsageError(f"--ca-file {args.ca_file}: no such file")
+    options = ProbeOptions(
+        password=read_password(target, args.password_env, args.password_file),
+        ca_file=args.ca_file,
+        insecure=args.insecure,
+        resolver=parse_resolver(args.resolver) if args.resolver else None,
+        timeout=args.timeout,
+        interface=args.interface,
+        source_address=args.source,
+        ping=args.ping,
+    )
+    result = asyncio.run(run_check(target, options))
+    if args.json:
+        print(json.dumps(result.to_dict(transcript=args.verbose)))
+    else:
+        print(waterfall(result, transcript=args.verbose))
+    return EXIT_OK if result.success else EXIT_FAILED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "check":
+            return run_check_command(args)
+    except UsageError as exc:
+        print(f"loginprobe {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
