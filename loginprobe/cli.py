@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from loginprobe import __version__
+from loginprobe.config import ConfigError
 from loginprobe.target import Target, TargetError, parse_target
 
 DEFAULT_PASSWORD_ENV = "LOGINPROBE_PASSWORD"
@@ -112,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="store_true",
         help="add the protocol transcript (credentials redacted)",
     )
+    for name, job in (
+        ("agent", "run the agent: schedule checks, stream results to the collector"),
+        ("collector", "run the collector: receive results over gRPC, export metrics and traces"),
+    ):
+        daemon = sub.add_parser(name, help=job, description=job)
+        daemon.add_argument("--config", required=True, metavar="FILE", help="YAML config file")
     return parser
 
 
@@ -149,7 +156,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "check":
             return run_check_command(args)
-    except UsageError as exc:
+        if args.command == "agent":
+            from agent.main import run as run_agent
+
+            return run_agent(args.config)
+        if args.command == "collector":
+            from collector.main import run as run_collector
+
+            return run_collector(args.config)
+    except (UsageError, ConfigError) as exc:
         print(f"loginprobe {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     raise AssertionError(f"unhandled command {args.command}")

@@ -1,0 +1,153 @@
+"""Results to and from the wire: the one place (with the uplink and ingest that call it)
+where plain dataclasses meet the generated protobuf types."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from loginprobe.reasons import Reason
+from loginprobe.result import DNSInfo, Phase, Result, TLSInfo
+from loginprobe.wire import collector_pb2 as pb
+
+
+@dataclass
+class Report:
+    """A Result as the collector sees it: who measured it, for which check, in which order."""
+
+    result: Result
+    seq: int
+    check: str
+    trace_id: bytes
+    clock_offset_ns: int = 0
+    labels: dict[str, str] = field(default_factory=dict)
+    agent: str = ""  # filled in by the collector from the credential, never by the agent
+
+
+def to_wire(report: Report) -> pb.ProbeResult:
+    r = report.result
+    msg = pb.ProbeResult(
+        seq=report.seq,
+        check=report.check,
+        url=r.url,
+        protocol=r.protocol,
+        success=r.success,
+        reason=str(r.reason),
+        step=str(r.reason.step),
+        message=r.message,
+        hint=r.hint,
+        started_at_unix_nano=int(r.started_at.timestamp() * 1e9) + report.clock_offset_ns,
+        duration_ns=r.duration_ns,
+        resolved_address=r.resolved_address or "",
+        phases=[
+            pb.Phase(
+                name=p.name,
+                ok=p.ok,
+                start_offset_ns=p.start_ns,
+                duration_ns=p.duration_ns,
+                skipped=p.skipped,
+                message=p.message,
+            )
+            for p in r.phases
+        ],
+        trace_id=report.trace_id,
+        clock_offset_ns=report.clock_offset_ns,
+        labels=report.labels,
+    )
+    if r.tls:
+        t = r.tls
+        msg.tls.CopyFrom(
+            pb.TLSInfo(
+                version=t.version,
+                cipher=t.cipher,
+                alpn=t.alpn or "",
+                verified=t.verified,
+                verify_error=t.verify_error or "",
+                subject=t.subject,
+                issuer=t.issuer,
+                sans=t.sans,
+                not_after_unix=int(t.not_after.timestamp()) if t.not_after else 0,
+                days_left=t.days_left or 0.0,
+            )
+        )
+    if r.dns:
+        d = r.dns
+        msg.dns.CopyFrom(
+            pb.DNSInfo(
+                name=d.name,
+                addresses=d.addresses,
+                ttl=-1 if d.ttl is None else d.ttl,
+                srv=d.srv or "",
+                resolver=d.resolver,
+            )
+        )
+    return msg
+
+
+def from_wire(msg: pb.ProbeResult) -> Report:
+    """The inverse of to_wire. Raises ValueError for a message that is not a valid result
+    (unknown reason, unknown phase), which ingest refuses with a counted reason."""
+    try:
+        reason = Reason(msg.reason)
+    except ValueError:
+        raise ValueError(f"unknown reason code {msg.reason[:64]!r}") from None
+    if reason.step != msg.step and msg.step:
+        raise ValueError(f"reason {reason} belongs to step {reason.step}, not {msg.step[:64]!r}")
+    if msg.success != (reason is Reason.OK):
+        raise ValueError("success and reason disagree")
+    tls = None
+    if msg.HasField("tls"):
+        t = msg.tls
+        tls = TLSInfo(
+            version=t.version,
+            cipher=t.cipher,
+            alpn=t.alpn or None,
+            verified=t.verified,
+            verify_error=t.verify_error or None,
+            subject=t.subject,
+            issuer=t.issuer,
+            sans=list(t.sans),
+            not_after=datetime.fromtimestamp(t.not_after_unix, UTC) if t.not_after_unix else None,
+            days_left=t.days_left if t.not_after_unix else None,
+        )
+    dns = None
+    if msg.HasField("dns"):
+        d = msg.dns
+        dns = DNSInfo(
+            name=d.name,
+            addresses=list(d.addresses),
+            ttl=None if d.ttl < 0 else d.ttl,
+            srv=d.srv or None,
+            resolver=d.resolver,
+        )
+    result = Result(
+        url=msg.url,
+        protocol=msg.protocol,
+        success=msg.success,
+        reason=reason,
+        message=msg.message,
+        started_at=datetime.fromtimestamp(msg.started_at_unix_nano / 1e9, UTC),
+        duration_ns=msg.duration_ns,
+        phases=[
+            Phase(
+                name=p.name,
+                ok=p.ok,
+                start_ns=p.start_offset_ns,
+                duration_ns=p.duration_ns,
+                skipped=p.skipped,
+                message=p.message,
+            )
+            for p in msg.phases
+        ],
+        resolved_address=msg.resolved_address or None,
+        tls=tls,
+        dns=dns,
+    )
+    return Report(
+        result=result,
+        seq=msg.seq,
+        check=msg.check,
+        trace_id=bytes(msg.trace_id),
+        clock_offset_ns=msg.clock_offset_ns,
+        labels=dict(msg.labels),
+    )
