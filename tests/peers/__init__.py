@@ -1,0 +1,1 @@
+"""Real servers (unbound, prosody, mosquitto, nginx) and network faults for the tests."""
