@@ -55,7 +55,9 @@ def read_password(target: Target, env_name: str | None, file_path: str | None) -
             with open(file_path, encoding="utf-8") as f:
                 return f.read().rstrip("\r\n")
         except OSError as exc:
-            raise UsageError(f"--password-file {file_path}: cannot read it ({exc.strerror})") from None
+            raise UsageError(
+                f"--password-file {file_path}: cannot read it ({exc.strerror})"
+            ) from None
     name = env_name or DEFAULT_PASSWORD_ENV
     password = os.environ.get(name)
     if password is None and target.user and target.needs_password:
@@ -93,24 +95,39 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("url", help="target URL, e.g. xmpp://alice@example.com")
     pw = check.add_mutually_exclusive_group()
     pw.add_argument(
-        "--password-env", metavar="NAME", help=f"read the password from $NAME (default {DEFAULT_PASSWORD_ENV})"
+        "--password-env",
+        metavar="NAME",
+        help=f"read the password from $NAME (default {DEFAULT_PASSWORD_ENV})",
     )
     pw.add_argument("--password-file", metavar="PATH", help="read the password from this file")
-    check.add_argument("--ca-file", metavar="PEM", help="trust this CA bundle instead of the system's")
     check.add_argument(
-        "--insecure", action="store_true", help="do not fail on certificate problems (still recorded)"
+        "--ca-file", metavar="PEM", help="trust this CA bundle instead of the system's"
+    )
+    check.add_argument(
+        "--insecure",
+        action="store_true",
+        help="do not fail on certificate problems (still recorded)",
     )
     check.add_argument("--resolver", metavar="IP[:PORT]", help="send DNS queries to this server")
     check.add_argument(
-        "--timeout", type=_positive, default=10.0, metavar="SECONDS",
+        "--timeout",
+        type=_positive,
+        default=10.0,
+        metavar="SECONDS",
         help="deadline for the whole attempt (default 10)",
     )
     check.add_argument("--interface", metavar="IFACE", help="bind the connection to this interface")
-    check.add_argument("--source", metavar="ADDR", help="bind the connection to this source address")
-    check.add_argument("--ping", action="store_true", help="add an ICMP ping phase (needs CAP_NET_RAW)")
+    check.add_argument(
+        "--source", metavar="ADDR", help="bind the connection to this source address"
+    )
+    check.add_argument(
+        "--ping", action="store_true", help="add an ICMP ping phase (needs CAP_NET_RAW)"
+    )
     check.add_argument("--json", action="store_true", help="print one JSON object")
     check.add_argument(
-        "-v", "--verbose", action="store_true",
+        "-v",
+        "--verbose",
+        action="store_true",
         help="add the protocol transcript (credentials redacted)",
     )
     for name, job in (
@@ -151,7 +168,9 @@ def run_check_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     args = build_parser().parse_args(argv)
     try:
         if args.command == "check":

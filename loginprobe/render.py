@@ -13,17 +13,23 @@ def _ms(ns: int) -> str:
 
 def waterfall(result: Result, transcript: bool = False) -> str:
     total = max(result.duration_ns, 1)
-    lines = [f"{result.url}  ({result.protocol}, started {result.started_at:%Y-%m-%d %H:%M:%S} UTC)"]
+    lines = [
+        f"{result.url}  ({result.protocol}, started {result.started_at:%Y-%m-%d %H:%M:%S} UTC)"
+    ]
     if result.dns:
         d = result.dns
         srv = f" via SRV {d.srv}" if d.srv else ""
         ttl = f", ttl {d.ttl}s" if d.ttl is not None else ""
-        lines.append(f"  resolved {d.name}{srv} -> {', '.join(d.addresses) or '-'} ({d.resolver}{ttl})")
+        lines.append(
+            f"  resolved {d.name}{srv} -> {', '.join(d.addresses) or '-'} ({d.resolver}{ttl})"
+        )
     for p in result.phases:
         mark = "skip" if p.skipped else ("ok" if p.ok else "FAIL")
         start = int(p.start_ns * BAR_WIDTH / total)
         width = max(1, round(p.duration_ns * BAR_WIDTH / total))
-        bar = " " * min(start, BAR_WIDTH - 1) + "#" * min(width, BAR_WIDTH - min(start, BAR_WIDTH - 1))
+        bar = " " * min(start, BAR_WIDTH - 1) + "#" * min(
+            width, BAR_WIDTH - min(start, BAR_WIDTH - 1)
+        )
         extra = f"  {p.message}" if p.message else ""
         lines.append(f"  {p.name:<6}{mark:>5} {_ms(p.duration_ns)}  |{bar:<{BAR_WIDTH}}|{extra}")
     lines.append(f"  {'total':<6}{'':>5} {_ms(result.duration_ns)}")

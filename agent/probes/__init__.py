@@ -50,8 +50,10 @@ async def run_check(
     except TimeoutError:
         phase = attempt.failed_phase
         reason = _TIMEOUT_REASONS.get(phase or "", Reason.TIMEOUT)
-        message = f"no progress in the {phase} phase before the {options.timeout:g}s deadline" if phase else (
-            f"the {options.timeout:g}s deadline passed"
+        message = (
+            f"no progress in the {phase} phase before the {options.timeout:g}s deadline"
+            if phase
+            else (f"the {options.timeout:g}s deadline passed")
         )
     except Exception as exc:  # a bug of ours must still yield a Result
         log.exception("internal error probing %s", target.url)

@@ -4,6 +4,7 @@ transcribed connection."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -144,6 +145,14 @@ def printable(data: bytes, limit: int = 2048) -> str:
     return text
 
 
+def hexdump(data: bytes, limit: int = 512) -> str:
+    """Bytes of a binary protocol as transcript text: hex, cut at limit."""
+    text = data[:limit].hex(" ")
+    if len(data) > limit:
+        text += f" ... ({len(data) - limit} more bytes)"
+    return text
+
+
 class Conn:
     """An asyncio stream with bounded reads, a transcript, and failures mapped to reasons."""
 
@@ -153,6 +162,8 @@ class Conn:
         self.attempt = attempt
         self.reader = reader
         self.writer = writer
+        # Binary protocols (MQTT) read better in the transcript as hex than as text.
+        self.binary = False
         attempt.conns.append(self)
 
     async def send(self, data: bytes, shown: str | None = None) -> None:
@@ -167,7 +178,7 @@ class Conn:
     def _account(self, data: bytes) -> bytes:
         self.attempt.bytes_read += len(data)
         if data:
-            self.attempt.note("<", printable(data))
+            self.attempt.note("<", hexdump(data) if self.binary else printable(data))
         if self.attempt.bytes_read > MAX_TOTAL_BYTES:
             raise ProbeFailure(
                 Reason.PROTOCOL_ERROR,
@@ -207,7 +218,6 @@ class Conn:
 
     async def close(self) -> None:
         self.writer.close()
-        try:
+        # The peer's manners on close do not change the verdict.
+        with contextlib.suppress(OSError, TimeoutError):
             await asyncio.wait_for(self.writer.wait_closed(), 0.5)
-        except (OSError, TimeoutError):
-            pass  # the peer's manners on close do not change the verdict

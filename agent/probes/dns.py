@@ -56,7 +56,9 @@ async def _query(
     try:
         answer = await res.resolve(name, rdtype, lifetime=lifetime, search=False)
     except dns.resolver.NXDOMAIN:
-        raise ProbeFailure(Reason.DNS_NXDOMAIN, f"{name}: NXDOMAIN (the name does not exist)")
+        raise ProbeFailure(
+            Reason.DNS_NXDOMAIN, f"{name}: NXDOMAIN (the name does not exist)"
+        ) from None
     except dns.resolver.NoAnswer:
         return None
     except dns.resolver.NoNameservers as exc:
@@ -103,7 +105,9 @@ async def resolve_addresses(attempt: Attempt, host: str) -> list[str]:
         return [str(ipaddress.ip_address(host))]
     except ValueError:
         pass
-    resolver_name = "system" if attempt.options.resolver is None else "%s:%d" % attempt.options.resolver
+    resolver_name = (
+        "system" if attempt.options.resolver is None else "{}:{}".format(*attempt.options.resolver)
+    )
     info = attempt.dns or DNSInfo(name=host, resolver=resolver_name)
     info.name = host
     attempt.dns = info
@@ -117,7 +121,8 @@ async def resolve_addresses(attempt: Attempt, host: str) -> list[str]:
     res = _resolver(attempt)
     lifetime = _lifetime(attempt)
     results = await asyncio.gather(
-        _query(res, host, "A", lifetime), _query(res, host, "AAAA", lifetime),
+        _query(res, host, "A", lifetime),
+        _query(res, host, "AAAA", lifetime),
         return_exceptions=True,
     )
     addresses: list[str] = []
@@ -136,7 +141,9 @@ async def resolve_addresses(attempt: Attempt, host: str) -> list[str]:
             # NXDOMAIN says more than a timeout of the other query
             failures.sort(key=lambda f: f.reason is not Reason.DNS_NXDOMAIN)
             raise failures[0]
-        raise ProbeFailure(Reason.DNS_NO_ANSWER, f"{host}: the name exists but has no A or AAAA record")
+        raise ProbeFailure(
+            Reason.DNS_NO_ANSWER, f"{host}: the name exists but has no A or AAAA record"
+        )
     info.addresses = addresses
     info.ttl = min(ttls)
     attempt.note("*", f"DNS {host} -> {', '.join(addresses)} (ttl {info.ttl})")

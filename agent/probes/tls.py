@@ -59,8 +59,8 @@ def _verify_offline(chain: list[x509.Certificate], name: str, ca_file: str | Non
     """With --insecure the handshake does not verify; verify the chain ourselves so the
     result still says whether, and why not, it would have been trusted."""
     try:
-        verifier = PolicyBuilder().store(_trust_store(ca_file)).build_server_verifier(
-            x509.DNSName(name)
+        verifier = (
+            PolicyBuilder().store(_trust_store(ca_file)).build_server_verifier(x509.DNSName(name))
         )
         verifier.verify(chain[0], chain[1:])
     except (VerificationError, ValueError, OSError) as exc:
@@ -130,7 +130,9 @@ def classify(exc: Exception) -> tuple[Reason, str]:
     return Reason.TLS_HANDSHAKE_FAILED, f"TLS handshake failed: {exc}"
 
 
-async def handshake(attempt: Attempt, conn: Conn, server_name: str, alpn: tuple[str, ...] = ()) -> None:
+async def handshake(
+    attempt: Attempt, conn: Conn, server_name: str, alpn: tuple[str, ...] = ()
+) -> None:
     """Upgrade conn to TLS. The caller holds the tls phase open (STARTTLS negotiation is
     part of it); this records what the handshake learned or raises why it failed."""
     opts = attempt.options
@@ -145,14 +147,17 @@ async def handshake(attempt: Attempt, conn: Conn, server_name: str, alpn: tuple[
     except (ConnectionError, EOFError, OSError) as exc:
         attempt.note("*", f"connection lost during the TLS handshake: {exc}")
         raise ProbeFailure(
-            Reason.TLS_HANDSHAKE_FAILED, f"the server closed the connection during the TLS handshake"
+            Reason.TLS_HANDSHAKE_FAILED,
+            "the server closed the connection during the TLS handshake",
         ) from None
     ssl_object = conn.writer.get_extra_info("ssl_object")
     assert isinstance(ssl_object, ssl.SSLObject)
     verify_error = None
     if opts.insecure:
         chain = _chain(ssl_object)
-        verify_error = _verify_offline(chain, server_name, opts.ca_file) if chain else "no certificate"
+        verify_error = (
+            _verify_offline(chain, server_name, opts.ca_file) if chain else "no certificate"
+        )
     attempt.tls = _describe(ssl_object, verified=verify_error is None, verify_error=verify_error)
     attempt.note(
         "*",
