@@ -42,6 +42,10 @@ DISABLED_USER = "bob"
 XMPP_DOMAIN = "xmpp.test"
 
 START_TIMEOUT = 10.0
+START_ATTEMPTS = 3
+# Log lines that mean "port taken" (unbound, mosquitto, nginx, then prosody, which logs
+# this and keeps running without the port).
+_BIND_FAILURES = ("Address already in use", "Failed to open server port")
 STOP_TIMEOUT = 5.0
 # Set to keep the temp directory (configs, logs) after stop, for debugging.
 KEEP_ENV = "LOGINPROBE_KEEP_GROUND"
@@ -83,6 +87,10 @@ end, -1); -- after mod_saslauth (priority 0) has made the handler
 
 class GroundError(RuntimeError):
     """The ground could not be started (missing binary, a server that does not come up)."""
+
+
+class PortTaken(GroundError):
+    """A server could not bind the port it was given."""
 
 
 class _NotReady(Exception):
@@ -257,12 +265,20 @@ class Ground:
             return self
         for name in _BINARIES:
             _which(name)  # fail before anything is written or started
-        self._started = True
-        try:
-            self._start()
-        except BaseException:
-            self.stop()
-            raise
+        for attempt in range(START_ATTEMPTS):
+            self._started = True
+            try:
+                self._start()
+                return self
+            except PortTaken:
+                self.stop()
+                # Another process took a port between our pick and the server's bind:
+                # pick new ones. Any other failure is real and is reported at once.
+                if attempt == START_ATTEMPTS - 1:
+                    raise
+            except BaseException:
+                self.stop()
+                raise
         return self
 
     def _start(self) -> None:
@@ -388,7 +404,10 @@ class Ground:
         log = self.tmpdir / f"{name}.log"
         with log.open("ab") as out:
             # setpriv --pdeathsig: the kernel kills the server if this process dies without
-            # stop() (SIGKILL, crash), so no server outlives its test run.
+            # stop() (SIGKILL, crash), so no server outlives its test run. The signal
+            # follows the thread that forked, so start a Ground from a long-lived thread
+            # (the main one). It is also dropped when a server changes its uid, hence
+            # run_as_root / user root below.
             self._procs[name] = subprocess.Popen(
                 [_which("setpriv"), "--pdeathsig", "KILL", "--", _which(argv[0]), *argv[1:]],
                 stdin=subprocess.DEVNULL,
@@ -401,13 +420,15 @@ class Ground:
     def _wait(self, name: str, check: Callable[[], None]) -> None:
         deadline = time.monotonic() + START_TIMEOUT
         proc = self._procs.get(name)
+        log = self.tmpdir / f"{name}.log"
         last = "no answer yet"
         while True:
-            if proc is not None and proc.poll() is not None:
-                raise GroundError(
-                    f"{name} exited with {proc.returncode}; log:\n"
-                    + _tail(self.tmpdir / f"{name}.log")
-                )
+            if proc is not None:
+                tail = _tail(log)
+                if any(failure in tail for failure in _BIND_FAILURES):
+                    raise PortTaken(f"{name} could not bind its port; log:\n{tail}")
+                if proc.poll() is not None:
+                    raise GroundError(f"{name} exited with {proc.returncode}; log:\n{tail}")
             try:
                 check()
                 return
@@ -415,8 +436,8 @@ class Ground:
                 last = f"{type(e).__name__}: {e}"
             if time.monotonic() > deadline:
                 raise GroundError(
-                    f"{name} did not answer within {START_TIMEOUT:.0f} s ({last});"
-                    f" log:\n" + _tail(self.tmpdir / f"{name}.log")
+                    f"{name} did not answer within {START_TIMEOUT:.0f} s ({last}); log:\n"
+                    + _tail(log)
                 )
             time.sleep(0.02)
 
@@ -532,7 +553,7 @@ c2s_direct_tls_ports = {{ {self.xmpps_port} }}
 s2s_ports = {{ }}
 modules_enabled = {{ "roster"; "saslauth"; "tls"; "disco"; "ping"; "ground_ban" }}
 modules_disabled = {{ "s2s"; "offline" }}
-ground_disabled_users = {{ "{DISABLED_USER}" }}
+ground_disabled_users = {{ "{self.disabled_user}" }}
 c2s_require_encryption = true
 authentication = "internal_hashed"
 storage = "internal"
@@ -544,8 +565,8 @@ c2s_direct_tls_ssl = {ssl_conf}
 VirtualHost "{XMPP_DOMAIN}"
     ssl = {ssl_conf}
 """)
-        self.set_xmpp_password(USER, PASSWORD)
-        self.set_xmpp_password(DISABLED_USER, PASSWORD)
+        self.set_xmpp_password(self.user, self.password)
+        self.set_xmpp_password(self.disabled_user, self.password)
         self._spawn("prosody", ["prosody", "--config", str(self._prosody_cfg), "-F"])
 
     def _check_xmpp(self) -> None:
@@ -566,7 +587,7 @@ VirtualHost "{XMPP_DOMAIN}"
         assert self._pki is not None
         base = self._dir("mosquitto")
         self._mqtt_passwd.touch(mode=0o600)
-        self._run(["mosquitto_passwd", "-b", str(self._mqtt_passwd), USER, PASSWORD])
+        self._run(["mosquitto_passwd", "-b", str(self._mqtt_passwd), self.user, self.password])
         tls = [
             (self.mqtts_port, self._pki.valid),
             (self.mqtts_expired_port, self._pki.expired),
@@ -600,7 +621,7 @@ listener {self.mqtt_port} 127.0.0.1
         self._spawn("mosquitto", ["mosquitto", "-c", str(conf)])
 
     def _check_mqtt(self) -> None:
-        self._expect(mqtt_connack(self.mqtt_port, USER, PASSWORD), b"\x20\x02\x00\x00")
+        self._expect(mqtt_connack(self.mqtt_port, self.user, self.password), b"\x20\x02\x00\x00")
         # Every TLS listener must finish a handshake (certificate problems are the point,
         # so do not verify here).
         insecure = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -633,7 +654,7 @@ listener {self.mqtt_port} 127.0.0.1
     def _start_nginx(self) -> None:
         assert self._pki is not None
         base = self._dir("nginx")
-        self._http_users = {USER: PASSWORD}
+        self._http_users = {self.user: self.password}
         self._write_http_users()
         self._spawn(
             "json-login",
