@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import ssl
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -57,15 +58,36 @@ def _trust_store(ca_file: str | None) -> Store:
 
 def _verify_offline(chain: list[x509.Certificate], name: str, ca_file: str | None) -> str | None:
     """With --insecure the handshake does not verify; verify the chain ourselves so the
-    result still says whether, and why not, it would have been trusted."""
+    result still says whether, and why not, it would have been trusted — in the words
+    OpenSSL would have used."""
+    leaf, now = chain[0], datetime.now(UTC)
+    if leaf.not_valid_after_utc < now:
+        return f"certificate has expired (not after {leaf.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ})"
+    if leaf.not_valid_before_utc > now:
+        return f"certificate is not yet valid (not before {leaf.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ})"
     try:
         verifier = (
-            PolicyBuilder().store(_trust_store(ca_file)).build_server_verifier(x509.DNSName(name))
+            PolicyBuilder().store(_trust_store(ca_file)).build_server_verifier(_subject(name))
         )
-        verifier.verify(chain[0], chain[1:])
-    except (VerificationError, ValueError, OSError) as exc:
-        return str(exc) or type(exc).__name__
+        verifier.verify(leaf, chain[1:])
+    except VerificationError as exc:
+        if "subjectAltName" in str(exc):
+            return (
+                f"hostname mismatch: the certificate covers {', '.join(_names(leaf))}, not {name}"
+            )
+        if leaf.issuer == leaf.subject:
+            return "self-signed certificate"
+        return f"unable to get local issuer certificate ({str(exc).split(' (encountered')[0]})"
+    except (ValueError, OSError) as exc:
+        return f"could not verify: {exc}"
     return None
+
+
+def _subject(name: str) -> x509.DNSName | x509.IPAddress:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
 
 
 def _names(cert: x509.Certificate) -> list[str]:

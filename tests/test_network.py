@@ -1,0 +1,277 @@
+"""The phases every probe shares — dns, tcp, tls — against real unbound, real sockets and
+real nftables faults, each case asserting its reason code and step."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from collections.abc import Iterator
+
+import pytest
+
+from agent.probes import ProbeOptions, run_check
+from agent.probes.base import Attempt
+from loginprobe.reasons import Reason, Step
+from loginprobe.result import Result
+from loginprobe.target import parse_target
+from tests.peers import faults
+from tests.peers.ground import Ground
+
+
+def opts(ground: Ground, **kw: object) -> ProbeOptions:
+    host, port = ground.resolver.split(":")
+    base: dict[str, object] = {
+        "resolver": (host, int(port)),
+        "ca_file": str(ground.ca_file),
+        "timeout": 5.0,
+        "password": ground.password,
+    }
+    base.update(kw)
+    return ProbeOptions(**base)  # type: ignore[arg-type]
+
+
+async def check(url: str, options: ProbeOptions) -> Result:
+    return await run_check(parse_target(url), options)
+
+
+def assert_reason(result: Result, reason: Reason, step: Step) -> None:
+    assert (result.reason, result.reason.step) == (reason, step), result.to_dict(transcript=True)
+    assert result.success is (reason is Reason.OK)
+
+
+def phase_names(result: Result) -> list[str]:
+    return [p.name for p in result.phases]
+
+
+@pytest.fixture
+def listener() -> Iterator[int]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(64)
+        yield s.getsockname()[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --- dns ---------------------------------------------------------------------------------
+
+
+async def test_dns_answer_address_and_ttl_are_recorded(ground: Ground, listener: int) -> None:
+    result = await check(f"tcp://mqtt.test:{listener}", opts(ground))
+    assert_reason(result, Reason.OK, Step.NONE)
+    assert result.dns is not None
+    assert (result.dns.addresses, result.dns.ttl) == (["127.0.0.1"], 60)
+    assert result.dns.resolver == ground.resolver
+    assert phase_names(result) == ["dns", "tcp"]
+    assert all(p.ok for p in result.phases)
+
+
+async def test_dns_ipv6_only_name_connects_over_ipv6(ground: Ground) -> None:
+    with socket.socket(socket.AF_INET6) as s:
+        s.bind(("::1", 0))
+        s.listen()
+        result = await check(f"tcp://ipv6.test:{s.getsockname()[1]}", opts(ground))
+    assert_reason(result, Reason.OK, Step.NONE)
+    assert result.resolved_address == "::1"
+
+
+async def test_dns_dual_stack_name_records_both_families(ground: Ground, listener: int) -> None:
+    result = await check(f"tcp://v6.test:{listener}", opts(ground))
+    assert_reason(result, Reason.OK, Step.NONE)
+    assert result.dns is not None and set(result.dns.addresses) == {"127.0.0.1", "::1"}
+    assert result.resolved_address == "127.0.0.1"
+
+
+async def test_dns_nxdomain(ground: Ground) -> None:
+    result = await check("tcp://nosuchhost.test:5222", opts(ground))
+    assert_reason(result, Reason.DNS_NXDOMAIN, Step.NETWORK)
+    assert "NXDOMAIN" in result.message
+    assert phase_names(result) == ["dns"] and not result.phases[0].ok
+
+
+async def test_dns_no_address_record(ground: Ground) -> None:
+    result = await check("tcp://noaddr.test:5222", opts(ground))
+    assert_reason(result, Reason.DNS_NO_ANSWER, Step.NETWORK)
+
+
+async def test_dns_servfail(ground: Ground) -> None:
+    result = await check("tcp://x.fail.test:5222", opts(ground))
+    assert_reason(result, Reason.DNS_SERVFAIL, Step.NETWORK)
+    assert "SERVFAIL" in result.message
+
+
+async def test_dns_timeout_is_blamed_on_the_dns_phase(ground: Ground) -> None:
+    result = await check("tcp://slow.deny.test:5222", opts(ground, timeout=1.0))
+    assert_reason(result, Reason.DNS_TIMEOUT, Step.NETWORK)
+    assert result.duration_ns < 2e9
+    assert phase_names(result) == ["dns"]
+
+
+async def test_dns_resolver_that_is_down_times_out(ground: Ground) -> None:
+    result = await check(
+        "tcp://xmpp.test:5222", opts(ground, resolver=("127.0.0.1", free_port()), timeout=1.0)
+    )
+    assert_reason(result, Reason.DNS_TIMEOUT, Step.NETWORK)
+
+
+async def test_ip_literal_needs_no_dns_phase(listener: int) -> None:
+    result = await check(f"tcp://127.0.0.1:{listener}", ProbeOptions())
+    assert phase_names(result) == ["tcp"]
+
+
+# --- tcp ---------------------------------------------------------------------------------
+
+
+async def test_tcp_refused() -> None:
+    result = await check(f"tcp://127.0.0.1:{free_port()}", ProbeOptions())
+    assert_reason(result, Reason.TCP_REFUSED, Step.NETWORK)
+    assert [(p.name, p.ok) for p in result.phases] == [("tcp", False)]
+
+
+async def test_tcp_filtered_port_times_out(listener: int) -> None:
+    with faults.drop_syn(listener):
+        result = await check(f"tcp://127.0.0.1:{listener}", ProbeOptions(timeout=1.0))
+    assert_reason(result, Reason.TCP_TIMEOUT, Step.NETWORK)
+    assert [(p.name, p.ok) for p in result.phases] == [("tcp", False)]
+    assert 0.9e9 < result.duration_ns < 2e9
+
+
+async def test_tcp_unreachable(listener: int) -> None:
+    with faults.reject_icmp_unreachable(listener):
+        result = await check(f"tcp://127.0.0.1:{listener}", ProbeOptions(timeout=3.0))
+    assert_reason(result, Reason.TCP_UNREACHABLE, Step.NETWORK)
+
+
+async def test_tcp_reset_after_connect_is_tcp_reset(ground: Ground) -> None:
+    async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(100)
+        sock = writer.get_extra_info("socket")
+        # SO_LINGER 0: close sends RST instead of FIN.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+
+    server = await asyncio.start_server(reset, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        result = await check(f"mqtt://alice@127.0.0.1:{port}", opts(ground))
+    assert_reason(result, Reason.TCP_RESET, Step.NETWORK)
+
+
+async def test_tcp_phase_uses_the_kernel_handshake_time(listener: int) -> None:
+    result = await check(f"tcp://127.0.0.1:{listener}", ProbeOptions())
+    tcp = result.phases[0]
+    # tcpi_rtt has microsecond resolution: the phase is a whole number of µs.
+    assert tcp.duration_ns > 0 and tcp.duration_ns % 1000 == 0
+
+
+async def test_bound_to_interface_and_source_address(listener: int) -> None:
+    result = await check(f"tcp://127.0.0.1:{listener}", ProbeOptions(interface="lo"))
+    assert_reason(result, Reason.OK, Step.NONE)
+    result = await check(f"tcp://127.0.0.1:{listener}", ProbeOptions(source_address="127.0.0.2"))
+    assert_reason(result, Reason.OK, Step.NONE)
+    result = await check(f"tcp://127.0.0.1:{listener}", ProbeOptions(interface="nosuchif0"))
+    assert_reason(result, Reason.TCP_UNREACHABLE, Step.NETWORK)
+    assert "nosuchif0" in result.message
+
+
+# --- tls ---------------------------------------------------------------------------------
+
+
+async def test_tls_target_records_the_certificate(ground: Ground) -> None:
+    result = await check(f"tls://xmpp.test:{ground.xmpps_port}", opts(ground))
+    assert_reason(result, Reason.OK, Step.NONE)
+    assert phase_names(result) == ["dns", "tcp", "tls"]
+    tls = result.tls
+    assert tls is not None and tls.verified and tls.verify_error is None
+    assert tls.version in ("TLSv1.2", "TLSv1.3") and tls.cipher
+    assert "xmpp.test" in tls.sans and "CN=loginprobe Test CA" in tls.issuer
+    assert tls.days_left is not None and tls.days_left > 300
+
+
+async def test_tls_untrusted_without_the_ca(ground: Ground) -> None:
+    result = await check(f"tls://xmpp.test:{ground.xmpps_port}", opts(ground, ca_file=None))
+    assert_reason(result, Reason.TLS_CERT_UNTRUSTED, Step.CONFIG)
+    assert "unable to get local issuer certificate" in result.message
+    assert [(p.name, p.ok) for p in result.phases][-1] == ("tls", False)
+
+
+async def test_tls_expired(ground: Ground) -> None:
+    result = await check(f"tls://mqtt.test:{ground.mqtts_expired_port}", opts(ground))
+    assert_reason(result, Reason.TLS_CERT_EXPIRED, Step.CONFIG)
+    assert "expired" in result.message
+
+
+async def test_tls_hostname_mismatch(ground: Ground) -> None:
+    result = await check(f"tls://mqtt.test:{ground.mqtts_wronghost_port}", opts(ground))
+    assert_reason(result, Reason.TLS_HOSTNAME_MISMATCH, Step.CONFIG)
+
+
+async def test_tls_self_signed(ground: Ground) -> None:
+    result = await check(f"tls://mqtt.test:{ground.mqtts_selfsigned_port}", opts(ground))
+    assert_reason(result, Reason.TLS_CERT_UNTRUSTED, Step.CONFIG)
+    assert "self-signed" in result.message
+
+
+async def test_tls_no_common_version(ground: Ground) -> None:
+    result = await check(f"tls://http.test:{ground.https_tls11_port}", opts(ground))
+    assert_reason(result, Reason.TLS_VERSION_MISMATCH, Step.CONFIG)
+
+
+async def test_tls_against_a_plaintext_port_is_a_protocol_mismatch(ground: Ground) -> None:
+    result = await check(f"tls://http.test:{ground.http_port}", opts(ground))
+    assert_reason(result, Reason.PROTOCOL_MISMATCH, Step.CONFIG)
+
+
+@pytest.mark.parametrize(
+    ("port_attr", "needle"),
+    [
+        ("mqtts_expired_port", "expired"),
+        ("mqtts_wronghost_port", "mqtt.test"),
+        ("mqtts_selfsigned_port", ""),
+    ],
+)
+async def test_insecure_succeeds_but_records_why_it_would_fail(
+    ground: Ground, port_attr: str, needle: str
+) -> None:
+    port = getattr(ground, port_attr)
+    result = await check(f"tls://mqtt.test:{port}", opts(ground, insecure=True))
+    assert_reason(result, Reason.OK, Step.NONE)
+    assert result.tls is not None and result.tls.verified is False
+    assert result.tls.verify_error and needle in result.tls.verify_error
+    assert result.tls.subject  # the certificate is still recorded
+
+
+async def test_insecure_with_a_good_certificate_is_verified(ground: Ground) -> None:
+    result = await check(f"tls://mqtt.test:{ground.mqtts_port}", opts(ground, insecure=True))
+    assert result.tls is not None and result.tls.verified and result.tls.verify_error is None
+
+
+async def test_tls_stall_is_tls_timeout(listener: int) -> None:
+    # The listener accepts (kernel backlog) but never speaks TLS.
+    result = await check(f"tls://127.0.0.1:{listener}", ProbeOptions(timeout=0.5))
+    assert_reason(result, Reason.TLS_TIMEOUT, Step.NETWORK)
+    assert [(p.name, p.ok) for p in result.phases] == [("tcp", True), ("tls", False)]
+
+
+# --- the timer ---------------------------------------------------------------------------
+
+
+async def test_phase_timer_uses_the_injected_clock(listener: int) -> None:
+    ticks = iter(range(0, 10**9, 1000))
+    result = await run_check(
+        parse_target(f"tcp://localhost:{listener}"), ProbeOptions(), clock=lambda: next(ticks)
+    )
+    dns = result.phases[0]
+    assert dns.name == "dns" and dns.start_ns % 1000 == 0 and dns.duration_ns % 1000 == 0
+
+
+def test_attempt_scrubs_the_password_from_every_text() -> None:
+    attempt = Attempt(parse_target("tcp://h:1"), ProbeOptions(password="hunter2"))
+    attempt.note(">", "PASS hunter2")
+    result = attempt.result(Reason.PROTOCOL_ERROR, "server echoed hunter2")
+    assert "hunter2" not in str(result.to_dict(transcript=True))
