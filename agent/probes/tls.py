@@ -14,6 +14,7 @@ from agent.probes.base import Attempt, Conn, ProbeFailure
 from loginprobe.reasons import Reason
 from loginprobe.result import TLSInfo
 
+_ISO = "%Y-%m-%dT%H:%M:%SZ"
 _DER = 2  # _ssl.ENCODING_DER, for the 3.11/3.12 Certificate objects of the chain
 
 # OpenSSL X509_V_ERR_* codes (x509_vfy.h) that name a cause the operator can act on.
@@ -62,9 +63,9 @@ def _verify_offline(chain: list[x509.Certificate], name: str, ca_file: str | Non
     OpenSSL would have used."""
     leaf, now = chain[0], datetime.now(UTC)
     if leaf.not_valid_after_utc < now:
-        return f"certificate has expired (not after {leaf.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ})"
+        return f"certificate has expired (not after {leaf.not_valid_after_utc:{_ISO}})"
     if leaf.not_valid_before_utc > now:
-        return f"certificate is not yet valid (not before {leaf.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ})"
+        return f"certificate is not yet valid (not before {leaf.not_valid_before_utc:{_ISO}})"
     try:
         verifier = (
             PolicyBuilder().store(_trust_store(ca_file)).build_server_verifier(_subject(name))
