@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
+import dns.exception
 import dns.message
 import dns.query
 import dns.rdatatype
@@ -42,11 +43,11 @@ DISABLED_USER = "bob"
 XMPP_DOMAIN = "xmpp.test"
 
 START_TIMEOUT = 10.0
+STOP_TIMEOUT = 5.0
 START_ATTEMPTS = 3
 # Log lines that mean "port taken" (unbound, mosquitto, nginx, then prosody, which logs
 # this and keeps running without the port).
 _BIND_FAILURES = ("Address already in use", "Failed to open server port")
-STOP_TIMEOUT = 5.0
 # Set to keep the temp directory (configs, logs) after stop, for debugging.
 KEEP_ENV = "LOGINPROBE_KEEP_GROUND"
 
@@ -148,7 +149,12 @@ def _mqtt_connect_packet(user: str, password: str) -> bytes:
     flags = 0x80 | 0x40 | 0x02  # username, password, clean session
     body = field("MQTT") + bytes([4, flags]) + (30).to_bytes(2, "big")
     body += field("ground-check") + field(user) + field(password)
-    return bytes([0x10, len(body)]) + body  # every check packet is < 128 bytes
+    length, remaining = len(body), b""
+    while True:  # MQTT's variable-length integer, 7 bits a byte
+        length, digit = divmod(length, 128)
+        remaining += bytes([digit | (0x80 if length else 0)])
+        if not length:
+            return b"\x10" + remaining + body
 
 
 def mqtt_connack(port: int, user: str, password: str, timeout: float = 2.0) -> bytes:
@@ -367,7 +373,7 @@ class Ground:
                 str(self._prosody_cfg),
                 "register",
                 user,
-                XMPP_DOMAIN,
+                self.xmpp_domain,
                 password,
             ]
         )
@@ -377,7 +383,7 @@ class Ground:
         self._procs["mosquitto"].send_signal(signal.SIGHUP)
         # The reload happens in mosquitto's main loop some time after the signal.
         self._wait(
-            "mosquitto reload",
+            "mosquitto",
             lambda: self._expect(mqtt_connack(self.mqtt_port, user, password)[3], 0),
         )
 
