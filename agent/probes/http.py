@@ -65,25 +65,27 @@ async def read_head(conn: Conn) -> tuple[int, str, dict[str, str], bytes]:
     reason phrase, the headers (lower-case names, last one wins) and whatever part of the
     body arrived with them."""
     data = b""
+    interim = 0  # bytes of 1xx answers, which count against the same limit
     while True:
-        data += await conn.recv(READ_BYTES)
-        if not b"HTTP/".startswith(data[:5]):
-            raise ProbeFailure(
-                Reason.PROTOCOL_MISMATCH,
-                f"the server does not speak HTTP: {printable(data, 60)!r}",
-            )
         end = _HEAD_END.search(data)
         if end is None:
-            if len(data) > MAX_HEAD_BYTES:
+            if interim + len(data) > MAX_HEAD_BYTES:
                 raise ProbeFailure(
                     Reason.PROTOCOL_ERROR,
                     f"the response headers are longer than {MAX_HEAD_BYTES} bytes",
+                )
+            data += await conn.recv(READ_BYTES)
+            if not data.startswith(b"HTTP/"[: len(data)]):
+                raise ProbeFailure(
+                    Reason.PROTOCOL_MISMATCH,
+                    f"the server does not speak HTTP: {printable(data, 60)!r}",
                 )
             continue
         head, data = data[: end.start()], data[end.end() :]
         status, phrase, headers = _parse_head(head)
         # 1xx are interim answers (100 Continue, 103 Early Hints); the final one follows.
         if 100 <= status < 200 and status != 101:
+            interim += end.end()
             continue
         return status, phrase, headers, data
 
