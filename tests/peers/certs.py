@@ -32,6 +32,8 @@ class CertPair:
 class TestPKI:
     """Where each generated PEM file was written."""
 
+    __test__ = False  # not a test class, whatever its name says to pytest
+
     ca_file: Path
     valid: CertPair
     expired: CertPair
