@@ -4,8 +4,11 @@ real nftables faults, each case asserting its reason code and step."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import struct
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -275,3 +278,39 @@ def test_attempt_scrubs_the_password_from_every_text() -> None:
     attempt.note(">", "PASS hunter2")
     result = attempt.result(Reason.PROTOCOL_ERROR, "server echoed hunter2")
     assert "hunter2" not in str(result.to_dict(transcript=True))
+
+
+# --- ping --------------------------------------------------------------------------------
+
+
+async def test_ping_phase_comes_first_and_does_not_block(listener: int) -> None:
+    result = await check(f"tcp://127.0.0.1:{listener}", ProbeOptions(ping=True))
+    assert_reason(result, Reason.OK, Step.NONE)
+    assert [(p.name, p.ok, p.skipped) for p in result.phases] == [
+        ("ping", True, False),
+        ("tcp", True, False),
+    ]
+
+
+def test_ping_without_permission_is_skipped_not_failed(listener: int) -> None:
+    # A new user namespace has no CAP_NET_RAW for the host's network: the unprivileged case.
+    proc = subprocess.run(
+        [
+            "unshare",
+            "--user",
+            sys.executable,
+            "-m",
+            "loginprobe.cli",
+            "check",
+            f"tcp://127.0.0.1:{listener}",
+            "--ping",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    ping = json.loads(proc.stdout)["phases"][0]
+    assert (ping["name"], ping["ok"], ping["skipped"]) == ("ping", True, True)
+    assert "permission" in ping["message"]
