@@ -8,6 +8,21 @@ own servers) can run side by side.
     with Ground() as g:
         ...  # g.xmpp_port, g.resolver, g.ca_file, g.password ...
 
+What is there (all on 127.0.0.1; certificates from the CA in `ca_file`, valid for
+xmpp.test, mqtt.test, http.test, localhost and 127.0.0.1):
+- DNS at `resolver` ("127.0.0.1:PORT"): A for xmpp/mqtt/http.test; v6.test has A and
+  AAAA ::1, ipv6.test only AAAA; noaddr.test only TXT (no address); nope.test and the
+  like NXDOMAIN; slow.deny.test no answer (timeout); x.fail.test SERVFAIL;
+  _xmpp-client._tcp / _xmpps-client._tcp.xmpp.test SRV to the prosody ports; names
+  outside test. REFUSED.
+- prosody, domain xmpp.test: `xmpp_port` (STARTTLS, required), `xmpps_port` (direct
+  TLS). `user`/`password` log in; `disabled_user` gets <account-disabled/>.
+- mosquitto: `mqtt_port` plain; `mqtts_port` valid cert; `mqtts_expired_port`,
+  `mqtts_wronghost_port` (cert for other.test only), `mqtts_selfsigned_port`.
+- nginx, on `http_port` and `https_port`: /login (Basic auth), /api/login (JSON POST),
+  /status503, /status500; `https_tls11_port` speaks TLS 1.1 only.
+- `set_password` and friends change credentials while everything runs.
+
 `python -m tests.peers.ground` starts one, prints its ports as JSON and runs until
 Ctrl-C or SIGTERM (the demo uses that).
 """
