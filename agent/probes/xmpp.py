@@ -184,6 +184,10 @@ class XmlStream:
         if len(self._head) < 64:
             self._head += data[: 64 - len(self._head)]
         self._fed += len(data)
+        if self.header is None and not self._may_be_xml():
+            # Expat would buffer a run of name characters waiting for it to end; an XMPP
+            # stream starts with '<', so anything else is another protocol already.
+            raise self._mismatch()
         try:
             self.parser.Parse(data, False)
         except _Refused as exc:
@@ -196,13 +200,20 @@ class XmlStream:
                 f"malformed XML from the server: {expat.errors.messages[exc.code]} "
                 f"(line {exc.lineno}, column {exc.offset})",
             ) from None
-        if self._stack and self._fed - self._stanza_start > MAX_MESSAGE_BYTES:
+        # The stream header counts as a stanza here: both are held whole until they end.
+        if (
+            self.header is None or self._stack
+        ) and self._fed - self._stanza_start > MAX_MESSAGE_BYTES:
             raise ProbeFailure(
                 Reason.PROTOCOL_ERROR,
                 f"the server sent a stanza of more than {MAX_MESSAGE_BYTES} bytes; refused",
             )
         if self.root is not None:
             self._check_header()
+
+    def _may_be_xml(self) -> bool:
+        start = self._head.removeprefix(b"\xef\xbb\xbf").lstrip()  # a BOM is allowed
+        return start[:1] in (b"", b"<")
 
     def _plain(self) -> bool:
         return self.conn.attempt.target.tls_mode == "starttls" and self.conn.attempt.tls is None
@@ -354,6 +365,7 @@ class Session:
             # Only ever sent inside TLS: both modes have completed the handshake by now.
             payload = b"\0" + _saslprep(user).encode() + b"\0" + _saslprep(password).encode()
             await self._send_sasl("auth", mechanism, payload, redact=True)
+            await self._sasl_answer("success")
         else:
             await self._scram(mechanism, user, password)
 
@@ -383,7 +395,7 @@ class Session:
         """RFC 5802 / 7677, without channel binding (gs2 header 'n,,')."""
         digest = "sha256" if mechanism == "SCRAM-SHA-256" else "sha1"
         name = _saslprep(user).replace("=", "=3D").replace(",", "=2C")
-        client_nonce = secrets.token_urlsafe(18)
+        client_nonce = _client_nonce()
         client_first_bare = f"n={name},r={client_nonce}"
         await self._send_sasl("auth", mechanism, f"n,,{client_first_bare}".encode())
 
@@ -499,6 +511,11 @@ def _mechanisms(features: Element) -> list[str]:
 
 def _feature_names(features: Element) -> str:
     return ", ".join(c.name for c in features.children) or "none"
+
+
+def _client_nonce() -> str:
+    # A function of its own so tests can replay the RFC 5802/7677 example exchanges.
+    return secrets.token_urlsafe(18)
 
 
 def _saslprep(text: str) -> str:
