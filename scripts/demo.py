@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.peers.ground import Ground  # noqa: E402
+from tests.peers.ground import Ground
 
 
 def main() -> int:
