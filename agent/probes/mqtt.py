@@ -147,9 +147,9 @@ def _describe_code(code: int, version: str, properties: dict[int, str]) -> tuple
         other = "5" if version == "3.1.1" else "3.1.1"
         message += f": the server does not speak MQTT {version}; try ?version={other}"
     if _REASON_STRING in properties:
-        message += f" ({properties[_REASON_STRING]!r})"
+        message += f" ({properties[_REASON_STRING][:200]!r})"
     if _SERVER_REFERENCE in properties:
-        message += f"; server reference {properties[_SERVER_REFERENCE]!r}"
+        message += f"; server reference {properties[_SERVER_REFERENCE][:200]!r}"
     return reason, message
 
 
