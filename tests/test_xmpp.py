@@ -429,6 +429,28 @@ async def test_scram_sha256_rfc7677_exchange(
     assert "pencil" not in json.dumps(result.to_dict(transcript=True))
 
 
+async def test_scram_server_final_in_a_challenge(
+    serve_tls: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RFC 6120 6.3.10: some servers send the server-final in a <challenge/>, answered by
+    an empty <response/> before <success/>."""
+    monkeypatch.setattr(xmpp, "_client_nonce", lambda: RFC7677_NONCE)
+    received: list[bytes] = []
+    handler = recording(
+        received,
+        HEADER + features(mechanisms("SCRAM-SHA-256")),
+        sasl("challenge", RFC7677_SERVER_FIRST),
+        sasl("challenge", RFC7677_SERVER_FINAL),
+        sasl("success"),
+        HEADER + features(BIND),
+        BOUND,
+        END,
+    )
+    result = await serve_tls(handler)
+    assert_reason(result, Reason.OK)
+    assert f"<response xmlns='{SASL}'>=</response>".encode() in received
+
+
 async def test_scram_server_signature_mismatch(
     serve_tls: Serve, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -89,7 +89,7 @@ class Element:
 
     def error_text(self, ns: str) -> str:
         text = self.find(ns, "text")
-        return " ".join(text.text.split())[:_TEXT_LIMIT] if text else ""
+        return " ".join(text.text.split())[:_TEXT_LIMIT] if text is not None else ""
 
 
 def _split(qname: str) -> tuple[str, str]:
@@ -98,7 +98,7 @@ def _split(qname: str) -> tuple[str, str]:
 
 
 class _Refused(Exception):
-    """Raised from an expat callback to stop parsing at once (a DTD, an oversized stanza)."""
+    """Raised from an expat callback to stop parsing at once (a DTD)."""
 
 
 class XmlStream:
@@ -172,13 +172,15 @@ class XmlStream:
             ):
                 # Every XMPP server answers a stream header with its own, even to refuse
                 # us; hanging up on it without a byte is what other services (MQTT, a
-                # direct-TLS port) do.
+                # direct-TLS port) do. A proxy with no server behind it looks the same,
+                # hence the message names both.
+                how = "reset" if failure.reason is Reason.TCP_RESET else "closed"
                 raise ProbeFailure(
                     Reason.PROTOCOL_MISMATCH,
-                    f"the server {'reset' if failure.reason is Reason.TCP_RESET else 'closed'} "
-                    "the connection without answering the XMPP stream header: the port does "
-                    "not seem to speak XMPP"
-                    + (" (if it is a direct-TLS port, use xmpps://)" if self._plain() else ""),
+                    f"the server {how} the connection without answering the XMPP stream "
+                    "header: the port does not seem to speak XMPP"
+                    + (" (if it is a direct-TLS port, use xmpps://)" if self._plain() else "")
+                    + ", or a proxy in front of it has no server to forward to",
                 ) from None
             raise
         if len(self._head) < 64:
@@ -230,8 +232,6 @@ class XmlStream:
                 what += " (a direct-TLS port: use xmpps://)"
         elif head.startswith(b"SSH-"):
             what = "SSH"
-        elif head[:1] == b"\x20" and len(head) >= 4:
-            what = f"binary data that looks like an MQTT CONNACK ({head[:4].hex(' ')})"
         else:
             what = f"data that is not XML ({printable(head, 40)!r})"
         return ProbeFailure(Reason.PROTOCOL_MISMATCH, f"the port answered with {what}, not XMPP")
@@ -400,7 +400,7 @@ class Session:
         await self._send_sasl("auth", mechanism, f"n,,{client_first_bare}".encode())
 
         challenge = await self._sasl_answer("challenge")
-        server_first = _b64decode(challenge.text)
+        server_first = _scram_message(challenge.text, "server-first-message")
         fields = _scram_fields(server_first)
         nonce, salt_b64, rounds = fields.get("r", ""), fields.get("s", ""), fields.get("i", "")
         if not nonce.startswith(client_nonce) or len(nonce) == len(client_nonce):
@@ -409,7 +409,7 @@ class Session:
             )
         if not rounds.isdigit() or not 0 < int(rounds) <= MAX_SCRAM_ITERATIONS:
             raise ProbeFailure(Reason.PROTOCOL_ERROR, f"SCRAM: unusable iteration count {rounds!r}")
-        salt = _b64decode(salt_b64, what="SCRAM salt").encode("latin-1")
+        salt = _b64decode(salt_b64, "SCRAM salt")
 
         # PBKDF2 blocks; a thread keeps the event loop (other probes, the deadline) running.
         started = self.attempt.now()
@@ -436,10 +436,10 @@ class Session:
             # RFC 6120 6.3.10 allows the server-final in a challenge answered by an empty
             # response (older servers do this).
             await self._send_sasl("response", mechanism, b"")
-            self._verify_server(_b64decode(answer.text), expected)
+            self._verify_server(_scram_message(answer.text, "server-final-message"), expected)
             await self._sasl_answer("success")
         else:
-            self._verify_server(_b64decode(answer.text), expected)
+            self._verify_server(_scram_message(answer.text, "server-final-message"), expected)
 
     def _verify_server(self, server_final: str, expected: bytes) -> None:
         """The server's signature proves it knows our password too (not an impostor)."""
@@ -476,11 +476,11 @@ class Session:
         kind = stanza.attrs.get("type")
         if kind == "result":
             bound = stanza.find(NS_BIND, "bind")
-            jid = bound.find(NS_BIND, "jid") if bound else None
-            return jid.text.strip() if jid else "(no JID returned)"
+            jid = bound.find(NS_BIND, "jid") if bound is not None else None
+            return jid.text.strip() if jid is not None else "(no JID returned)"
         error = stanza.find(NS_CLIENT, "error")
-        condition = error.condition(NS_STANZA_ERRORS) if error else ""
-        text = error.error_text(NS_STANZA_ERRORS) if error else ""
+        condition = error.condition(NS_STANZA_ERRORS) if error is not None else ""
+        text = error.error_text(NS_STANZA_ERRORS) if error is not None else ""
         if kind != "error" or not condition:
             raise ProbeFailure(
                 Reason.PROTOCOL_ERROR, f"unexpected answer to bind: <iq type={kind!r}>"
@@ -491,13 +491,14 @@ class Session:
         )
 
     async def close(self) -> None:
-        """End our stream and wait briefly for the server to end its own."""
-        await self.conn.send(b"</stream:stream>")
+        """End our stream and wait briefly for the server to end its own. The login has
+        succeeded by now: nothing here may change the verdict."""
         # Stay inside the runner's deadline: overrunning it would turn a login that
         # succeeded into a timeout.
         left = self.attempt.options.timeout - self.attempt.now() / 1e9 - 0.05
         with contextlib.suppress(ProbeFailure, TimeoutError, OSError):
             async with asyncio.timeout(min(CLOSE_WAIT, left)):
+                await self.conn.send(b"</stream:stream>")
                 while not self.stream.closed:
                     await self.stream.next()
 
@@ -523,13 +524,24 @@ def _saslprep(text: str) -> str:
     return unicodedata.normalize("NFKC", text)
 
 
-def _b64decode(text: str, what: str = "SASL data") -> str:
-    """Base64 as the server sent it, decoded to text (latin-1 keeps every byte)."""
+def _b64decode(text: str, what: str) -> bytes:
+    """Base64 as the server sent it; a lone '=' is RFC 6120's empty payload."""
+    text = "".join(text.split())
     try:
-        return base64.b64decode("".join(text.split()), validate=True).decode("latin-1")
+        return base64.b64decode(text if text != "=" else "", validate=True)
     except ValueError:
         raise ProbeFailure(
             Reason.PROTOCOL_ERROR, f"the server sent invalid base64 as {what}"
+        ) from None
+
+
+def _scram_message(text: str, what: str) -> str:
+    # UTF-8 both ways, so the AuthMessage we sign has exactly the server's bytes.
+    try:
+        return _b64decode(text, what).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProbeFailure(
+            Reason.PROTOCOL_ERROR, f"the server's SCRAM {what} is not UTF-8"
         ) from None
 
 
