@@ -1,0 +1,237 @@
+"""The collector's config file: where it listens and how agents prove who they are, the
+registry of known agents, the checks it assigns by label selector, and its limits."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BeforeValidator, Field, FilePath, field_validator
+from pydantic import ValidationInfo as Info
+
+from loginprobe.cli import UsageError, parse_resolver
+from loginprobe.config import Strict, load
+from loginprobe.target import TargetError, parse_target
+
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+
+
+def _seconds(value: object) -> object:
+    """30, "30s", "5m", "1h", "500ms" (the same forms as the agent's config)."""
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", value)
+        if not m:
+            raise ValueError("expected a duration such as 30, 30s, 5m, 1h or 500ms")
+        return float(m[1]) * _UNITS[m[2] or "s"]
+    return value
+
+
+Seconds = Annotated[float, BeforeValidator(_seconds), Field(gt=0)]
+
+
+def split_host_port(text: str) -> tuple[str, int]:
+    """HOST:PORT or [IPv6]:PORT."""
+    host, sep, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"{text!r}: expected HOST:PORT, e.g. 127.0.0.1:7443")
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _address(value: str) -> str:
+    split_host_port(value)
+    return value
+
+
+Address = Annotated[str, AfterValidator(_address)]
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}$")]
+Labels = dict[Annotated[str, Field(pattern=r"^[a-zA-Z_][a-zA-Z0-9_]{0,63}$")], str]
+
+
+class TLS(Strict):
+    cert: FilePath  # the collector's certificate chain (PEM)
+    key: FilePath
+    # With a client CA every agent must present a certificate it signed (mTLS); gRPC cannot
+    # make the certificate optional, so token-only agents need a listener without one.
+    client_ca: FilePath | None = None
+
+
+class Agent(Strict):
+    """One known agent. Its credential is a token's SHA-256 or its certificate's name, so
+    this file holds nothing an attacker could log in with."""
+
+    id: Name
+    token_sha256: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")] | None = None
+    cert_cn: str | None = None
+    cert_san: str | None = Field(default=None, validate_default=True)
+    revoked: bool = False
+    # Fixed by the operator: these win over what the agent claims in its hello.
+    labels: Labels = {}
+
+    @field_validator("token_sha256")
+    @classmethod
+    def _lower(cls, v: str | None) -> str | None:
+        return v.lower() if v else v
+
+    @field_validator("cert_san")
+    @classmethod
+    def _one_credential(cls, v: str | None, info: Info) -> str | None:
+        given = [v, info.data.get("token_sha256"), info.data.get("cert_cn")]
+        if sum(x is not None for x in given) != 1:
+            raise ValueError("give exactly one credential: token_sha256, cert_cn or cert_san")
+        return v
+
+
+def _unique_agents(agents: list[Agent]) -> list[Agent]:
+    seen: set[str] = set()
+    for a in agents:
+        for key in (f"id {a.id}", a.token_sha256, a.cert_cn and f"cn {a.cert_cn}",
+                    a.cert_san and f"san {a.cert_san}"):
+            if key and key in seen:
+                what = key if key.startswith(("id", "cn", "san")) else "token_sha256"
+                raise ValueError(f"two agents share {what}; each needs its own")
+            if key:
+                seen.add(key)
+    return agents
+
+
+AgentList = Annotated[list[Agent], AfterValidator(_unique_agents)]
+
+
+class AgentsFile(Strict):
+    """A separate registry file (agents: PATH in the main config), reloaded on change."""
+
+    agents: AgentList = []
+
+
+class Check(Strict):
+    """A check the collector assigns to every agent whose labels match the selector."""
+
+    name: Name
+    url: str
+    interval: Seconds = 60.0
+    timeout: Seconds = Field(default=10.0, validate_default=True)
+    # The NAME of a password the agent looks up in its own config; never the password.
+    password_ref: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")] | None = None
+    ca_file: str | None = None  # a path on the agent's machine
+    insecure: bool = False
+    resolver: str | None = None
+    labels: Labels = {}
+    selector: Labels = {}  # empty: every agent
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        try:
+            parse_target(v)
+        except TargetError as exc:
+            raise ValueError(str(exc)) from None
+        return v
+
+    @field_validator("timeout")
+    @classmethod
+    def _within_interval(cls, v: float, info: Info) -> float:
+        interval = info.data.get("interval")
+        if interval is not None and v > interval:
+            raise ValueError(f"the timeout ({v:g}s) must not exceed the interval ({interval:g}s)")
+        return v
+
+    @field_validator("resolver")
+    @classmethod
+    def _resolver(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                parse_resolver(v)
+            except UsageError as exc:
+                raise ValueError(str(exc).removeprefix("--resolver ")) from None
+        return v
+
+
+def _unique_checks(checks: list[Check]) -> list[Check]:
+    names = [c.name for c in checks]
+    for name in names:
+        if names.count(name) > 1:
+            raise ValueError(f"two checks are named {name!r}; names must be unique")
+    return checks
+
+
+class Limits(Strict):
+    max_message_bytes: int = Field(default=4 * 2**20, ge=1024, le=64 * 2**20)
+    max_batch_results: int = Field(default=1000, ge=1, le=100_000)
+    # Batches above this rate are delayed, not refused, so a replay after an outage slows
+    # down instead of failing and starting over.
+    max_batches_per_second: float = Field(default=20.0, gt=0)
+
+
+class CollectorConfig(Strict):
+    listen: Address = "127.0.0.1:7443"
+    tls: TLS | None = None
+    # Checked even when absent: it is where the transport as a whole is validated.
+    allow_plaintext_loopback: bool = Field(default=False, validate_default=True)
+    metrics_listen: Address | None = "127.0.0.1:9464"
+    agents: AgentList = []
+    # A file with its own `agents:` list, for registries kept apart from the config.
+    agents_file: Path | None = Field(default=None, validate_default=True)
+    checks: Annotated[list[Check], AfterValidator(_unique_checks)] = []
+    limits: Limits = Limits()
+    results_log: Path | None = None  # JSON lines of every accepted result (tests, audits)
+    log_format: Literal["plain", "json"] = "plain"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    shutdown_grace: Seconds = 5.0
+
+    @field_validator("agents_file")
+    @classmethod
+    def _one_registry(cls, v: Path | None, info: Info) -> Path | None:
+        if v is not None and info.data.get("agents"):
+            raise ValueError("give agents inline or in agents_file, not both")
+        return v
+
+    @field_validator("allow_plaintext_loopback")
+    @classmethod
+    def _transport(cls, v: bool, info: Info) -> bool:
+        if info.data.get("tls") is not None:
+            return v
+        listen = info.data.get("listen")
+        if not v:
+            raise ValueError(
+                "no tls section: the collector needs tls.cert and tls.key, or "
+                "allow_plaintext_loopback: true with a loopback listen address"
+            )
+        if listen and not is_loopback(split_host_port(listen)[0]):
+            raise ValueError(
+                f"plaintext is only allowed on a loopback listen address, not {listen}; "
+                "add a tls section"
+            )
+        return v
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A validated config with its agent registry resolved, and the files it came from."""
+
+    config: CollectorConfig
+    agents: list[Agent]
+    files: list[Path]
+
+
+def load_config(path: str | Path) -> Loaded:
+    """Read the main file and, if agents live in their own file, that one too. Raises
+    ConfigError naming FILE:LINE of whichever file is wrong."""
+    path = Path(path)
+    config = load(path, CollectorConfig)
+    if config.agents_file is not None:
+        agents_path = path.parent / config.agents_file  # relative to the main file
+        return Loaded(config, load(agents_path, AgentsFile).agents, [path, agents_path])
+    return Loaded(config, config.agents, [path])

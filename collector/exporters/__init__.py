@@ -1,0 +1,1 @@
+"""Where the collector's results and counters go: Prometheus now; traces and logs later."""

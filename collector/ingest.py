@@ -1,0 +1,194 @@
+"""Result batches from the wire into the collector: validate each result, deduplicate by
+(agent, seq) against a per-agent high-water mark, count, hand on to the sinks, and say
+which sequence number to acknowledge."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import grpc
+
+from loginprobe.codec import Report, check_wire, from_wire
+from loginprobe.wire import collector_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+# The closed set of `reason` values of loginprobe_collector_results_rejected_total.
+REJECT_REASONS = (
+    "unauthenticated",  # no credential, or one the registry does not know
+    "permission_denied",  # a revoked agent
+    "no_hello",  # the first message was not a Hello
+    "second_hello",  # a Hello after the first
+    "malformed",  # bytes that are not a ConnectRequest, or an empty one
+    "oversized",  # a message over limits.max_message_bytes
+    "batch_too_large",  # more results than limits.max_batch_results
+    "out_of_order",  # seq not strictly increasing within a batch
+    "invalid_result",  # a result the codec refuses (counted per result; the stream goes on)
+)
+
+
+class Refused(Exception):
+    """A message (and with it the stream) refused with a gRPC status and a counted reason."""
+
+    def __init__(self, code: grpc.StatusCode, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass
+class Stats:
+    """The collector's own counters, in plain Python; exporters render them. `received`
+    counts each (agent, seq) once: a replayed result shows in `duplicates` instead."""
+
+    received: dict[str, int] = field(default_factory=dict)
+    duplicates: dict[str, int] = field(default_factory=dict)
+    rejected: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REJECT_REASONS, 0))
+    connected: dict[str, dict[str, str]] = field(default_factory=dict)  # agent -> labels
+    labels: dict[str, dict[str, str]] = field(default_factory=dict)  # last seen, kept
+    last_result: dict[str, float] = field(default_factory=dict)  # agent -> unix time
+
+    def reject(self, reason: str, count: int = 1) -> None:
+        self.rejected[reason] += count
+
+
+@dataclass
+class Accepted:
+    """One batch's new results for the sinks. Decoding to Reports costs ~30 µs a result,
+    so it happens only when a sink asks, and once."""
+
+    agent: str
+    fixed_labels: dict[str, str]  # the registry's labels win over what a result claims
+    results: list[pb.ProbeResult]
+    _reports: list[Report] | None = None
+
+    def reports(self) -> list[Report]:
+        if self._reports is None:
+            self._reports = []
+            for msg in self.results:
+                report = from_wire(msg)  # cannot fail: check_wire passed
+                report.agent = self.agent
+                report.labels.update(self.fixed_labels)
+                self._reports.append(report)
+        return self._reports
+
+
+Sink = Callable[[Accepted], None]
+
+
+class Ingest:
+    """Per-agent high-water marks and the batch path. Results of one agent arrive in order
+    (the agent replays its spool oldest first), so a seq at or below the mark was processed
+    before: counted as a duplicate, acknowledged, not processed again."""
+
+    def __init__(self, stats: Stats, sinks: Sequence[Sink] = (),
+                 high_water: dict[str, int] | None = None) -> None:
+        self.stats = stats
+        self.sinks = list(sinks)
+        self.high_water = high_water or {}
+        self._logged_invalid: set[str] = set()
+
+    def hello(self, agent: str, last_acked_seq: int) -> int:
+        """The highest seq of this agent known processed. What the agent says was acked was
+        processed by some collector, so it raises the mark (this one may have restarted)."""
+        mark = max(self.high_water.get(agent, 0), last_acked_seq)
+        self.high_water[agent] = mark
+        return mark
+
+    def batch(self, agent: str, fixed_labels: dict[str, str],
+              results: Sequence[pb.ProbeResult]) -> int:
+        """Process one batch and return the seq to acknowledge, or raise Refused with
+        nothing changed. No await and no per-result logging here: this is the hot path."""
+        mark = self.high_water.get(agent, 0)
+        previous = 0
+        fresh: list[pb.ProbeResult] = []
+        invalid = 0
+        first_error = ""
+        for msg in results:
+            seq = msg.seq
+            if seq <= previous:
+                raise Refused(
+                    grpc.StatusCode.INVALID_ARGUMENT, "out_of_order",
+                    f"seq {seq} after {previous} in one batch: sequence numbers start at 1 "
+                    "and must increase",
+                )
+            previous = seq
+            if seq <= mark:
+                continue
+            try:
+                check_wire(msg)
+            except ValueError as exc:
+                # Acknowledged all the same: resending a result that can never be valid
+                # would block the agent's spool for good.
+                invalid += 1
+                first_error = first_error or f"seq {seq}: {exc}"
+                continue
+            fresh.append(msg)
+        duplicates = len(results) - len(fresh) - invalid
+        if fresh:
+            batch = Accepted(agent, fixed_labels, fresh)
+            for sink in self.sinks:
+                sink(batch)
+            self.stats.received[agent] = self.stats.received.get(agent, 0) + len(fresh)
+            self.stats.last_result[agent] = time.time()
+        if duplicates:
+            self.stats.duplicates[agent] = self.stats.duplicates.get(agent, 0) + duplicates
+        if invalid:
+            self.stats.reject("invalid_result", invalid)
+            if agent not in self._logged_invalid:  # once per agent, never per result
+                self._logged_invalid.add(agent)
+                log.warning("agent %s sent %d invalid result(s), dropped and counted; "
+                            "the first: %s", agent, invalid, first_error)
+        if previous > mark:
+            self.high_water[agent] = mark = previous
+        return mark
+
+
+# What recovery reads from the start of each results-log line.
+_LINE_START = re.compile(rb'\{"agent": ("(?:[^"\\]|\\.)*"), "seq": (\d+)')
+
+
+class ResultsLog:
+    """A sink writing every accepted result as one JSON line, flushed before the batch is
+    acknowledged. At start it recovers each agent's high-water mark from the file, so a
+    collector killed between writing and acknowledging does not count the replay twice."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.high_water: dict[str, int] = {}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a+b") as f:
+            f.seek(0)
+            end = 0
+            for line in f:
+                if not line.endswith(b"\n"):
+                    break  # half a line from a kill mid-write: dropped below
+                end += len(line)
+                m = _LINE_START.match(line)
+                if m:
+                    agent, seq = json.loads(m[1]), int(m[2])
+                    if seq > self.high_water.get(agent, 0):
+                        self.high_water[agent] = seq
+            f.truncate(end)
+        self._file: IO[str] = path.open("a", encoding="utf-8")
+
+    def __call__(self, batch: Accepted) -> None:
+        agent = json.dumps(batch.agent)
+        self._file.write("".join(
+            f'{{"agent": {agent}, "seq": {r.seq}, "check": {json.dumps(r.check)}, '
+            f'"result": {json.dumps(r.result.to_dict())}}}\n'
+            for r in batch.reports()
+        ))
+        # A flush reaches the kernel, which is what survives kill -9; fsync would only add
+        # power-failure safety at a cost per batch.
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()

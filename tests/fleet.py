@@ -1,0 +1,347 @@
+"""Helpers to run real collector (and agent) processes in tests: a test PKI, bearer tokens,
+config files, free loopback ports, and a process handle that waits for health and stops."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import ipaddress
+import json
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+LOOPBACK = "127.0.0.1"
+
+
+# ---- PKI -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CertPair:
+    cert: Path
+    key: Path
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+
+
+class PKI:
+    """A test CA in `folder`, with a server certificate for localhost / 127.0.0.1 and
+    client certificates made on demand (EC keys: microseconds each, where RSA takes ~100 ms)."""
+
+    def __init__(self, folder: Path, ca_name: str = "loginprobe Fleet Test CA") -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+        self._key = ec.generate_private_key(ec.SECP256R1())
+        self._ca_name = _name(ca_name)
+        now = dt.datetime.now(dt.UTC)
+        ca = (
+            x509.CertificateBuilder()
+            .subject_name(self._ca_name)
+            .issuer_name(self._ca_name)
+            .public_key(self._key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True, content_commitment=False, key_encipherment=False,
+                    data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                    crl_sign=True, encipher_only=False, decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(self._key.public_key()), critical=False
+            )
+            .sign(self._key, hashes.SHA256())
+        )
+        self.ca_file = folder / "ca.pem"
+        self.ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+        self._ca = ca
+        self.server = self.issue("localhost", dns=("localhost",), ips=(LOOPBACK, "::1"),
+                                 server=True)
+
+    def issue(
+        self,
+        cn: str,
+        *,
+        dns: tuple[str, ...] = (),
+        ips: tuple[str, ...] = (),
+        uris: tuple[str, ...] = (),
+        server: bool = False,
+    ) -> CertPair:
+        """A leaf certificate signed by this CA: a server's, or an agent's client cert."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.UTC)
+        sans: list[x509.GeneralName] = [x509.DNSName(n) for n in dns]
+        sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in ips]
+        sans += [x509.UniformResourceIdentifier(u) for u in uris]
+        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(_name(cn))
+            .issuer_name(self._ca_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()),
+                critical=False,
+            )
+        )
+        if sans:
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        cert = builder.sign(self._key, hashes.SHA256())
+        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", cn)
+        pair = CertPair(self.folder / f"{stem}.crt", self.folder / f"{stem}.key")
+        pair.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        _write_key(key, pair.key)
+        return pair
+
+    def channel_credentials(self, client: CertPair | None = None) -> grpc.ChannelCredentials:
+        """What an agent (or a raw test client) uses to reach a collector of this PKI."""
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca_file.read_bytes(),
+            private_key=client.key.read_bytes() if client else None,
+            certificate_chain=client.cert.read_bytes() if client else None,
+        )
+
+
+def new_token() -> tuple[str, str]:
+    """A bearer token and the SHA-256 hex the collector's registry stores instead of it."""
+    token = secrets.token_urlsafe(32)
+    return token, hashlib.sha256(token.encode()).hexdigest()
+
+
+# ---- files and ports -------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def write_yaml(path: Path, data: dict[str, Any]) -> Path:
+    # Written to a temporary name and renamed, so a process reloading on change never reads
+    # half a file.
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def wait_for(what: str, ready: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.02)
+
+
+# ---- processes -------------------------------------------------------------------------
+
+
+class Proc:
+    """One `loginprobe COMMAND --config FILE` process, its stderr kept in a file beside the
+    config so a failing test can show it."""
+
+    def __init__(self, command: str, config: Path) -> None:
+        self.command = command
+        self.config = config
+        self.log = config.with_suffix(".log")
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    def start(self, *, cpu: int | None = None) -> Proc:
+        argv = [sys.executable, "-m", "loginprobe.cli", self.command, "--config", str(self.config)]
+        if cpu is not None:
+            argv = ["taskset", "-c", str(cpu), *argv]
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+        with self.log.open("ab") as err:
+            self.popen = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=err, stderr=err)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None, "not started"
+        return self.popen.pid
+
+    def output(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace") if self.log.exists() else ""
+
+    def running(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def signal(self, sig: int) -> None:
+        assert self.popen is not None
+        self.popen.send_signal(sig)
+
+    def wait(self, timeout: float = 15.0) -> int:
+        assert self.popen is not None
+        return self.popen.wait(timeout)
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM and wait: the exit status of a graceful stop."""
+        if not self.running():
+            return self.popen.returncode if self.popen else 0
+        self.signal(signal.SIGTERM)
+        try:
+            return self.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+
+    def kill(self) -> None:
+        """kill -9: no chance to flush or say goodbye."""
+        if self.running():
+            assert self.popen is not None
+            self.popen.kill()
+            self.popen.wait(10)
+
+
+class Collector(Proc):
+    """A collector process with its gRPC address and /metrics, configured from a dict."""
+
+    def __init__(self, folder: Path, config: dict[str, Any], pki: PKI | None = None) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        super().__init__("collector", folder / "collector.yaml")
+        self.folder = folder
+        self.pki = pki
+        self.settings = config
+        write_yaml(self.config, config)
+
+    @property
+    def address(self) -> str:
+        return str(self.settings["listen"])
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.settings['metrics_listen']}/metrics"
+
+    def rewrite(self, config: dict[str, Any]) -> None:
+        """Replace the config file (the collector reloads it on change or SIGHUP)."""
+        self.settings = config
+        write_yaml(self.config, config)
+
+    def channel(
+        self, client: CertPair | None = None, options: list[tuple[str, Any]] | None = None
+    ) -> grpc.aio.Channel:
+        """An asyncio channel to this collector, over TLS when it has a PKI."""
+        if self.pki is None:
+            return grpc.aio.insecure_channel(self.address, options=options)
+        creds = self.pki.channel_credentials(client)
+        return grpc.aio.secure_channel(self.address, creds, options=options)
+
+    def healthy(self) -> bool:
+        """The standard gRPC health service says SERVING."""
+        if self.pki is None:
+            channel = grpc.insecure_channel(self.address)
+        else:
+            channel = grpc.secure_channel(self.address, self.pki.channel_credentials())
+        with channel:
+            try:
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=""), timeout=1.0
+                )
+            except grpc.RpcError:
+                return False
+            return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+    def start_healthy(self, timeout: float = 15.0, cpu: int | None = None) -> Collector:
+        self.start(cpu=cpu)
+
+        def ready() -> bool:
+            if not self.running():
+                raise RuntimeError(f"the collector exited early:\n{self.output()}")
+            return self.healthy()
+
+        wait_for("the collector's health service", ready, timeout)
+        return self
+
+    def metrics(self) -> dict[str, float]:
+        """Every sample of /metrics as {'name{label="v",...}': value}."""
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as resp:
+            text = resp.read().decode()
+        samples: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                samples[name] = float(value)
+        return samples
+
+    def results(self) -> Iterator[dict[str, Any]]:
+        """Every line of the results log (agent, seq, check, result)."""
+        path = self.folder / str(self.settings["results_log"])
+        if path.exists():
+            with path.open(encoding="utf-8") as f:
+                for line in f:
+                    if line.endswith("\n"):
+                        yield json.loads(line)
+
+
+def collector_config(
+    folder: Path,
+    *,
+    pki: PKI | None,
+    agents: list[dict[str, Any]],
+    checks: list[dict[str, Any]] | None = None,
+    mtls: bool = False,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A collector config on free loopback ports: TLS from the PKI (mTLS with mtls=True),
+    plaintext loopback without one; a results log in the folder."""
+    config: dict[str, Any] = {
+        "listen": f"{LOOPBACK}:{free_port()}",
+        "metrics_listen": f"{LOOPBACK}:{free_port()}",
+        "agents": agents,
+        "checks": checks or [],
+        "results_log": str(folder / "results.jsonl"),
+        "shutdown_grace": "2s",
+    }
+    if pki is None:
+        config["allow_plaintext_loopback"] = True
+    else:
+        tls = {"cert": str(pki.server.cert), "key": str(pki.server.key)}
+        if mtls:
+            tls["client_ca"] = str(pki.ca_file)
+        config["tls"] = tls
+    config.update(extra)
+    return config
