@@ -62,9 +62,10 @@ async def test_http_basic_login_ok(ground: Ground) -> None:
     assert (result.reason, result.reason.step) == ("ok", "none")
     assert phases(result) == [("tcp", True), ("login", True)]
     request = sent(result)
-    assert request.startswith("GET /login HTTP/1.1\r\n")
-    assert f"Host: 127.0.0.1:{ground.http_port}\r\n" in request
-    assert "Authorization: Basic <redacted>\r\n" in request
+    # Control characters are shown escaped in the transcript (see Attempt.scrub).
+    assert request.startswith("GET /login HTTP/1.1\\r\\n")
+    assert f"Host: 127.0.0.1:{ground.http_port}\\r\\n" in request
+    assert "Authorization: Basic <redacted>\\r\\n" in request
     assert "User-Agent: loginprobe/" in request and "Connection: close" in request
 
 
@@ -81,7 +82,7 @@ async def test_https_json_login_ok(ground: Ground) -> None:
     )
     assert (result.reason, result.reason.step) == ("ok", "none")
     request = sent(result)
-    assert request.startswith("POST /api/login HTTP/1.1\r\n")
+    assert request.startswith("POST /api/login HTTP/1.1\\r\\n")
     assert "Content-Type: application/json" in request
     assert request.endswith('{"username": "alice", "password": "<redacted>"}')
 

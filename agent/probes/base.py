@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ Clock = Callable[[], int]
 MAX_MESSAGE_BYTES = 256 * 1024
 MAX_TOTAL_BYTES = 1024 * 1024
 REDACTED = "<redacted>"
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 PHASE_ORDER = ("ping", "dns", "tcp", "tls", "login")
 
 
@@ -132,9 +134,18 @@ class Attempt:
         )
 
     def scrub(self, text: str) -> str:
-        """Last line of defence: the password never leaves in any text we produce."""
+        """Last line of defence for every text we produce: the password never leaves, and
+        a hostile server's control characters (terminal escapes, fake new lines) are shown
+        escaped instead of reaching a terminal or a log line."""
         pw = self.options.password
-        return text.replace(pw, REDACTED) if pw else text
+        if pw:
+            text = text.replace(pw, REDACTED)
+        return _CONTROL.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    return {"\r": "\\r", "\n": "\\n"}.get(char) or f"\\x{ord(char):02x}"
 
 
 def printable(data: bytes, limit: int = 2048) -> str:
