@@ -314,3 +314,10 @@ def test_ping_without_permission_is_skipped_not_failed(listener: int) -> None:
     ping = json.loads(proc.stdout)["phases"][0]
     assert (ping["name"], ping["ok"], ping["skipped"]) == ("ping", True, True)
     assert "permission" in ping["message"]
+
+
+async def test_alpn_refused_by_a_server_of_another_protocol(ground: Ground) -> None:
+    # nginx over TLS knows http/1.1 only: an XMPP client's ALPN is refused by the alert.
+    result = await check(f"xmpps://alice@http.test:{ground.https_port}", opts(ground))
+    assert_reason(result, Reason.PROTOCOL_MISMATCH, Step.CONFIG)
+    assert "NO_APPLICATION_PROTOCOL" in result.message

@@ -142,14 +142,25 @@ def classify(exc: Exception) -> tuple[Reason, str]:
         return reason, f"certificate verify failed: {exc.verify_message}"
     if isinstance(exc, ssl.SSLError):
         code = exc.reason or ""
+        # Some alerts come without a reason code, only in the text: normalise both.
+        said = f"{code} {exc.strerror or exc}".upper().replace(" ", "_")
         if code in _VERSION_ERRORS:
             return Reason.TLS_VERSION_MISMATCH, f"TLS handshake failed: {code}"
         if code in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"):
             # The first bytes back were not a TLS record: the port speaks something else.
             return Reason.PROTOCOL_MISMATCH, f"the server did not answer with TLS ({code})"
+        if "TLSV1_ALERT_NO_APPLICATION_PROTOCOL" in said:
+            # TLS works, but the server serves none of the protocols we named in ALPN.
+            return Reason.PROTOCOL_MISMATCH, (
+                "the server serves another protocol here (TLS alert NO_APPLICATION_PROTOCOL "
+                "for our ALPN)"
+            )
         return Reason.TLS_HANDSHAKE_FAILED, f"TLS handshake failed: {code or exc}"
     if isinstance(exc, ConnectionResetError | BrokenPipeError):
-        return Reason.TCP_RESET, "connection reset during the TLS handshake"
+        return Reason.TCP_RESET, (
+            "connection reset during the TLS handshake (does this port speak TLS? a firewall "
+            "that filters on the server name resets here too)"
+        )
     return Reason.TLS_HANDSHAKE_FAILED, f"TLS handshake failed: {exc}"
 
 
