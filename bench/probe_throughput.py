@@ -1,0 +1,361 @@
+"""Probes per CPU-second of the probing process: tcp://, tls://, MQTT-over-TLS and XMPP
+STARTTLS+SCRAM logins through run_check, bare asyncio loops for reference, and
+blackbox_exporter doing the same TCP and TLS probes, each pinned to one core with the
+servers on the other.
+
+    .venv/bin/python -m bench.probe_throughput                 # everything, 5 runs each
+    .venv/bin/python -m bench.probe_throughput --runs 3 --only tcp,mqtts
+
+Every run is a fresh process: a warm-up, then N attempts with a fixed number in flight,
+timed by the process's own CPU clock (user + system). A run with any failed attempt
+aborts the benchmark: a figure for failures is worthless.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import socket
+import ssl
+import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from bench.common import (
+    PROBE_CPU,
+    SERVER_CPU,
+    Acceptor,
+    Blackbox,
+    Ground,
+    cpu_seconds,
+    load_note,
+    machine,
+    median,
+    process_cpu_seconds,
+    python,
+    raise_nofile,
+    run_json,
+)
+
+WARMUP = 200  # attempts before the clock starts: imports, caches, the first TLS context
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    what: str
+    attempts: int
+    target: float | None  # probes per CPU-second we must reach, if any
+    prober: str  # loginprobe, asyncio, blackbox
+    loops: tuple[str, ...] = ("asyncio", "uvloop")
+
+
+SCENARIOS = [
+    Scenario("tcp", "tcp:// via run_check (connect only)", 20000, 5000, "loginprobe"),
+    Scenario(
+        "tls", "tls:// via run_check (TCP + TLS 1.3 handshake, nginx)", 4000, None, "loginprobe"
+    ),
+    Scenario(
+        "mqtts",
+        "mqtts:// login via run_check (TLS + CONNECT/CONNACK + DISCONNECT)",
+        4000,
+        800,
+        "loginprobe",
+    ),
+    Scenario(
+        "xmpp",
+        "xmpp:// login via run_check (STARTTLS + SCRAM + bind, prosody)",
+        600,
+        None,
+        "loginprobe",
+    ),
+    Scenario("raw-tcp", "bare asyncio loop: sock_connect + close", 20000, None, "asyncio"),
+    Scenario(
+        "raw-tls",
+        "bare asyncio loop: open_connection(ssl=ctx) + close (nginx)",
+        4000,
+        None,
+        "asyncio",
+    ),
+    Scenario("bb-tcp", "blackbox_exporter tcp_connect", 20000, None, "blackbox", ("go",)),
+    Scenario(
+        "bb-tls", "blackbox_exporter tcp + tls: true (nginx)", 5000, None, "blackbox", ("go",)
+    ),
+]
+
+
+# -- workers: each runs in its own pinned process and prints one JSON line ---------------
+
+
+def run_loop(main: Callable[[], Coroutine[Any, Any, dict[str, Any]]], loop: str) -> dict[str, Any]:
+    if loop == "uvloop":
+        # Optional bench extra, never a runtime dependency; imported by name so mypy and
+        # machines without it are content.
+        uvloop = importlib.import_module("uvloop")
+        result: dict[str, Any] = uvloop.run(main())
+        return result
+    return asyncio.run(main())
+
+
+async def lanes(
+    count: int, attempts: int, one: Callable[[], Awaitable[str | None]]
+) -> Counter[str]:
+    """attempts calls of one, count at a time; one returns None or why it failed."""
+    remaining = attempts
+    failures: Counter[str] = Counter()
+
+    async def lane() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            failure = await one()
+            if failure is not None:
+                failures[failure] += 1
+
+    await asyncio.gather(*(lane() for _ in range(count)))
+    return failures
+
+
+async def measured(
+    attempts: int, concurrency: int, one: Callable[[], Awaitable[str | None]]
+) -> dict[str, Any]:
+    failures = await lanes(concurrency, min(WARMUP, attempts), one)
+    cpu0, wall0 = cpu_seconds(), time.perf_counter()
+    failures += await lanes(concurrency, attempts, one)
+    cpu, wall = cpu_seconds() - cpu0, time.perf_counter() - wall0
+    return {"cpu": cpu, "wall": wall, "attempts": attempts, "failures": dict(failures)}
+
+
+def worker_loginprobe(spec: dict[str, Any]) -> dict[str, Any]:
+    from agent.probes import ProbeOptions, run_check
+    from loginprobe.target import parse_target
+
+    target = parse_target(spec["url"])
+    options = ProbeOptions(password=spec["password"], ca_file=spec["ca_file"], timeout=10.0)
+
+    async def one() -> str | None:
+        result = await run_check(target, options)
+        return None if result.success else f"{result.reason}: {result.message}"
+
+    async def main() -> dict[str, Any]:
+        return await measured(spec["attempts"], spec["concurrency"], one)
+
+    return run_loop(main, spec["loop"])
+
+
+def worker_raw(spec: dict[str, Any]) -> dict[str, Any]:
+    port = spec["port"]
+    ctx = ssl.create_default_context(cafile=spec["ca_file"])
+
+    async def tcp() -> str | None:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, ("127.0.0.1", port))
+        except OSError as exc:
+            return str(exc)
+        finally:
+            sock.close()
+        return None
+
+    async def tls() -> str | None:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+        except OSError as exc:
+            return str(exc)
+        writer.close()
+        await writer.wait_closed()
+        return None
+
+    async def main() -> dict[str, Any]:
+        one = tls if spec["tls"] else tcp
+        return await measured(spec["attempts"], spec["concurrency"], one)
+
+    return run_loop(main, spec["loop"])
+
+
+class HTTPClient:
+    """One keep-alive HTTP/1.1 connection to blackbox_exporter, GET only."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    async def get(self, path: str) -> str:
+        self.writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+        body = await self.reader.readexactly(length)
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(head.split(b"\r\n", 1)[0].decode())
+        return body.decode()
+
+
+def metric(body: str, name: str) -> float | None:
+    for line in body.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+def worker_blackbox(spec: dict[str, Any]) -> dict[str, Any]:
+    """The load generator for blackbox_exporter; runs on the servers' core and reads the
+    exporter's CPU from /proc, since the exporter is the process being measured."""
+    path = f"/probe?module={spec['module']}&target=127.0.0.1:{spec['port']}"
+
+    async def main() -> dict[str, Any]:
+        clients = [
+            HTTPClient(*await asyncio.open_connection("127.0.0.1", spec["bb_port"]))
+            for _ in range(spec["concurrency"])
+        ]
+        free = list(clients)
+
+        async def one() -> str | None:
+            client = free.pop()
+            try:
+                body = await client.get(path)
+            finally:
+                free.append(client)
+            return None if metric(body, "probe_success") == 1 else "probe_success 0"
+
+        await lanes(len(clients), min(WARMUP, spec["attempts"]), one)
+        cpu0, wall0 = process_cpu_seconds(spec["bb_pid"]), time.perf_counter()
+        failures = await lanes(len(clients), spec["attempts"], one)
+        cpu = process_cpu_seconds(spec["bb_pid"]) - cpu0
+        wall = time.perf_counter() - wall0
+        for client in clients:
+            client.writer.close()
+        return {"cpu": cpu, "wall": wall, "attempts": spec["attempts"], "failures": dict(failures)}
+
+    return run_loop(main, "asyncio")
+
+
+WORKERS = {"loginprobe": worker_loginprobe, "asyncio": worker_raw, "blackbox": worker_blackbox}
+
+
+# -- the orchestrator ------------------------------------------------------------------
+
+
+def uvloop_installed() -> bool:
+    try:
+        importlib.import_module("uvloop")
+    except ImportError:
+        return False
+    return True
+
+
+def spec_for(
+    scenario: Scenario, loop: str, env: dict[str, Any], args: argparse.Namespace
+) -> dict[str, Any]:
+    ground, tcp_port, bb = env["ground"], env["tcp_port"], env.get("blackbox")
+    attempts = max(1, int(scenario.attempts * args.scale))
+    spec: dict[str, Any] = {
+        "kind": scenario.prober,
+        "loop": loop,
+        "attempts": attempts,
+        "concurrency": args.concurrency,
+        "password": ground["password"],
+        "ca_file": ground["ca_file"],
+    }
+    urls = {
+        "tcp": f"tcp://127.0.0.1:{tcp_port}",
+        "tls": f"tls://127.0.0.1:{ground['https_port']}",
+        "mqtts": f"mqtts://{ground['user']}@127.0.0.1:{ground['mqtts_port']}",
+        "xmpp": f"xmpp://{ground['user']}@xmpp.test:{ground['xmpp_port']}?host=127.0.0.1",
+    }
+    if scenario.name in urls:
+        spec["url"] = urls[scenario.name]
+    if scenario.name.endswith("tcp"):
+        spec.update(port=tcp_port, tls=False, module="tcp_connect")
+    if scenario.name.endswith("tls"):
+        spec.update(port=ground["https_port"], tls=True, module="tls_connect")
+    if bb is not None:
+        spec.update(bb_port=bb.port, bb_pid=bb.proc.pid)
+    return spec
+
+
+def run_scenario(scenario: Scenario, env: dict[str, Any], args: argparse.Namespace) -> None:
+    for loop in scenario.loops:
+        if loop == "uvloop" and not env["uvloop"]:
+            print(f"{scenario.name:8} uvloop: not installed (pip install uvloop), skipped")
+            continue
+        spec = spec_for(scenario, loop, env, args)
+        # The measured process gets the probing core; blackbox's load generator is not the
+        # measured process, so it goes to the servers' core.
+        cpu = SERVER_CPU if scenario.prober == "blackbox" else PROBE_CPU
+        rates, walls = [], []
+        for _ in range(args.runs):
+            out = run_json(
+                [python(), "-m", "bench.probe_throughput", "--worker", json.dumps(spec)], cpu
+            )
+            if out["failures"]:
+                sys.exit(
+                    f"{scenario.name} {loop}: attempts failed, figures discarded: {out['failures']}"
+                )
+            rates.append(out["attempts"] / out["cpu"])
+            walls.append(out["attempts"] / out["wall"])
+        target = scenario.target
+        verdict = f"{median(rates) / target:5.2f}x target {target:g}" if target else ""
+        print(
+            f"{scenario.name:8} {loop:8} {median(rates):8.0f} /CPU-s  "
+            f"(runs: {', '.join(f'{r:.0f}' for r in rates)})  "
+            f"{median(walls):7.0f} /s wall  {verdict}",
+            flush=True,
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--concurrency", type=int, default=50, help="attempts in flight")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply attempts per run")
+    parser.add_argument("--only", default="", help="comma-separated scenario names")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        spec = json.loads(args.worker)
+        raise_nofile(4 * spec["concurrency"] + 256)
+        print(json.dumps(WORKERS[spec["kind"]](spec)))
+        return
+
+    chosen = [s for s in SCENARIOS if not args.only or s.name in args.only.split(",")]
+    print(f"# probe_throughput: {machine()}")
+    print(
+        f"# prober on core {PROBE_CPU}, servers on core {SERVER_CPU}; "
+        f"{args.concurrency} in flight; median of {args.runs} runs; {load_note()}"
+    )
+    for s in chosen:
+        print(f"#   {s.name:8} {s.what}; {int(s.attempts * args.scale)} attempts per run")
+    with Ground() as ground, Acceptor() as acceptor:
+        env: dict[str, Any] = {
+            "ground": ground.info,
+            "tcp_port": acceptor.port,
+            "uvloop": uvloop_installed(),
+        }
+        for scenario in chosen:
+            if scenario.prober == "blackbox":
+                if not Blackbox.available():
+                    print(
+                        f"{scenario.name:8} skipped: apt-get install prometheus-blackbox-exporter"
+                    )
+                    continue
+                with Blackbox(ground.info["ca_file"]) as bb:
+                    env["blackbox"] = bb
+                    run_scenario(scenario, env, args)
+                    del env["blackbox"]
+            else:
+                run_scenario(scenario, env, args)
+    print(f"# done; {load_note()}")
+
+
+if __name__ == "__main__":
+    main()
