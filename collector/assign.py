@@ -18,7 +18,12 @@ def assigned(checks: Iterable[Check], labels: Mapping[str, str]) -> dict[str, Ch
 
 
 def changes(old: Mapping[str, Check], new: Mapping[str, Check]) -> tuple[list[Check], list[str]]:
-    """(checks to add or replace, names to remove) to go from old to new."""
-    upsert = [c for name, c in new.items() if old.get(name) != c]
+    """(checks to add or replace, names to remove) to go from old to new. The selector is
+    not part of what an agent runs, so a change to it alone is no change for the agent."""
+    upsert = [c for name, c in new.items() if name not in old or _sent(old[name]) != _sent(c)]
     remove = [name for name in old if name not in new]
     return upsert, remove
+
+
+def _sent(check: Check) -> dict[str, object]:
+    return check.model_dump(exclude={"selector"})

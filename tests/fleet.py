@@ -247,6 +247,9 @@ class Collector(Proc):
         self.pki = pki
         self.settings = config
         write_yaml(self.config, config)
+        # With mTLS every connection needs a client certificate, the health check's too.
+        mtls = pki is not None and "client_ca" in config.get("tls", {})
+        self.probe_cert = pki.issue("fleet-health-probe") if pki and mtls else None
 
     @property
     def address(self) -> str:
@@ -275,7 +278,8 @@ class Collector(Proc):
         if self.pki is None:
             channel = grpc.insecure_channel(self.address)
         else:
-            channel = grpc.secure_channel(self.address, self.pki.channel_credentials())
+            creds = self.pki.channel_credentials(self.probe_cert)
+            channel = grpc.secure_channel(self.address, creds)
         with channel:
             try:
                 reply = health_pb2_grpc.HealthStub(channel).Check(
