@@ -1,0 +1,112 @@
+"""The password never appears in any output: every failure case (and the good logins) run
+through the real `loginprobe check` process, human and JSON, with the transcript on."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import sys
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from tests.peers import fakes
+from tests.peers.ground import Ground
+
+WRONG = "Wr0ng-but-still-Secret"
+
+
+def forms(secret: str, user: str = "alice") -> list[str]:
+    """The password as it may travel: plain, in a Basic header, in a SASL PLAIN payload."""
+    return [
+        secret,
+        base64.b64encode(f"{user}:{secret}".encode()).decode(),
+        base64.b64encode(f"\0{user}\0{secret}".encode()).decode(),
+    ]
+
+
+async def run_cli(args: list[str], password: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "loginprobe.cli",
+        "check",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "LOGINPROBE_PASSWORD": password},
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode() + err.decode()
+
+
+def cases(g: Ground) -> list[tuple[str, str, str]]:
+    """(url, password, expected reason) across protocols and failure kinds."""
+    pw = g.password
+    return [
+        ("xmpp://alice@xmpp.test", pw, "ok"),
+        ("xmpps://alice@xmpp.test", pw, "ok"),
+        (f"mqtts://alice@mqtt.test:{g.mqtts_port}?version=5", pw, "ok"),
+        (f"https://alice@http.test:{g.https_port}/login", pw, "ok"),
+        (f"https://alice@http.test:{g.https_port}/api/login?auth=json", pw, "ok"),
+        ("xmpp://alice@xmpp.test", WRONG, "auth_rejected"),
+        ("xmpps://nobody@xmpp.test", WRONG, "auth_rejected"),
+        ("xmpp://bob@xmpp.test", WRONG, "auth_not_authorized"),
+        (f"mqtt://alice@mqtt.test:{g.mqtt_port}", WRONG, "auth_rejected"),
+        (f"mqtt://alice@mqtt.test:{g.mqtt_port}?version=5", WRONG, "auth_rejected"),
+        (f"http://alice@http.test:{g.http_port}/login", WRONG, "auth_rejected"),
+        (f"https://alice@http.test:{g.https_port}/api/login?auth=json", WRONG, "auth_rejected"),
+        (f"https://alice@http.test:{g.https_port}/status503", pw, "server_unavailable"),
+        (f"https://alice@http.test:{g.https_port}/status500", pw, "server_error"),
+        ("xmpp://alice@nosuch.test", pw, "dns_nxdomain"),
+        (f"mqtt://alice@x.fail.test:{g.mqtt_port}", pw, "dns_servfail"),
+        (f"mqtts://alice@mqtt.test:{g.mqtts_expired_port}", pw, "tls_cert_expired"),
+        (f"mqtts://alice@mqtt.test:{g.mqtts_wronghost_port}", pw, "tls_hostname_mismatch"),
+        (f"mqtts://alice@mqtt.test:{g.mqtts_selfsigned_port}", pw, "tls_cert_untrusted"),
+        (f"https://alice@http.test:{g.https_tls11_port}/login", pw, "tls_version_mismatch"),
+        (f"xmpp://alice@xmpp.test:{g.http_port}?host=127.0.0.1", pw, "protocol_mismatch"),
+        (f"mqtt://alice@mqtt.test:{g.http_port}", pw, "protocol_mismatch"),
+    ]
+
+
+async def test_no_output_ever_shows_the_password(ground: Ground) -> None:
+    common = ["--resolver", ground.resolver, "--ca-file", str(ground.ca_file), "--verbose"]
+    slots = asyncio.Semaphore(4)
+
+    async def one(url: str, password: str, reason: str, fmt: list[str]) -> str:
+        async with slots:
+            code, output = await run_cli([url, *common, *fmt], password)
+        assert reason in output, (url, output)
+        assert code == (0 if reason == "ok" else 1)
+        for secret in forms(password, user=url.split("//")[1].split("@")[0]):
+            assert secret not in output, (url, fmt)
+        return reason
+
+    seen = await asyncio.gather(
+        *(one(*case, fmt) for case in cases(ground) for fmt in ([], ["--json"]))
+    )
+    assert len(set(seen)) >= 12
+
+
+Fake = Callable[..., Awaitable[None]]
+
+
+@pytest.mark.parametrize(
+    ("handler", "url", "reason"),
+    [
+        (fakes.stall, "mqtt://alice@127.0.0.1:{port}", "login_timeout"),
+        (fakes.garbage, "xmpp://alice@xmpp.test:{port}?host=127.0.0.1", "protocol_mismatch"),
+        (fakes.flood, "http://alice@127.0.0.1:{port}/login", "protocol_mismatch"),
+        (fakes.scripted(b"\x20\x02\x00\x04"), "mqtt://alice@127.0.0.1:{port}", "auth_rejected"),
+    ],
+)
+async def test_hostile_servers_do_not_see_the_password_echoed(
+    handler: fakes.Handler, url: str, reason: str
+) -> None:
+    async with fakes.serve(handler) as port:
+        code, output = await run_cli([url.format(port=port), "--timeout", "1", "-v"], WRONG)
+    assert code == 1 and reason in output
+    for secret in forms(WRONG):
+        assert secret not in output
