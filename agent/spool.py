@@ -4,6 +4,7 @@ its sequence number forever, and is deleted only once the collector has acknowle
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 import time
@@ -27,6 +28,10 @@ CREATE TABLE IF NOT EXISTS results (seq INTEGER PRIMARY KEY, created REAL NOT NU
 CREATE INDEX IF NOT EXISTS results_created ON results (created);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+
+
+def _is_full(exc: sqlite3.Error) -> bool:
+    return "database or disk is full" in str(exc)
 
 
 class SpoolError(Exception):
@@ -88,7 +93,8 @@ class Spool:
         await self._call(self._skip_to, seq)
 
     async def close(self) -> None:
-        await self._call(self._close)
+        if self._db is not None:
+            await self._call(self._close)
         self._pool.shutdown()
 
     # -- worker thread ---------------------------------------------------------------------
@@ -135,24 +141,43 @@ class Spool:
             " (SELECT created FROM results ORDER BY seq LIMIT 1) FROM results"
         ).fetchone()
 
+    def _transact(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run work in one transaction. On a full disk, checkpoint first and try once more:
+        moving the WAL's pages home lets SQLite truncate it, often all the room there is."""
+        db = self._db
+        assert db is not None
+        for retry in (True, False):
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                out = work(db)
+                db.execute("COMMIT")
+                return out
+            except sqlite3.OperationalError as exc:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                if not (retry and _is_full(exc)):
+                    raise
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        raise AssertionError("unreachable")
+
     def _append(self, encode: Callable[[int], bytes]) -> int | None:
-        assert self._db is not None
         seq, data, now = self.next_seq, encode(self.next_seq), self._clock()
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute(
-                "INSERT INTO results (seq, created, data) VALUES (?, ?, ?)", (seq, now, data)
-            )
+
+        def insert(db: sqlite3.Connection) -> dict[str, tuple[int, int]]:
+            db.execute("INSERT INTO results (seq, created, data) VALUES (?, ?, ?)",
+                       (seq, now, data))
             self._set("next_seq", seq + 1)
             drops = self._enforce_limits(now, self.bytes + len(data))
             if drops or self._dropped_dirty:
                 for reason, total in self.dropped.items():
                     self._set(f"dropped_{reason}", total + drops.get(reason, (0, 0))[0])
-            self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-            if "full" not in str(exc):
+            return drops
+
+        try:
+            drops = self._transact(insert)
+        except sqlite3.OperationalError as exc:
+            if not _is_full(exc):
                 raise
             # The seq is not used up: nothing with it was stored or sent.
             self._count_drops("disk_full", 1)
@@ -229,23 +254,23 @@ class Spool:
         ).fetchall()
 
     def _ack(self, seq: int) -> None:
-        assert self._db is not None
         seq = min(seq, self.next_seq - 1)  # never believe an ack for what we did not produce
         if seq <= self.acked_seq:
             return
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            n, size = self._db.execute(
+
+        def delete(db: sqlite3.Connection) -> tuple[int, int]:
+            n, size = db.execute(
                 "SELECT count(*), coalesce(sum(length(data)), 0) FROM results WHERE seq <= ?",
                 (seq,),
             ).fetchone()
-            self._db.execute("DELETE FROM results WHERE seq <= ?", (seq,))
+            db.execute("DELETE FROM results WHERE seq <= ?", (seq,))
             self._set("acked_seq", seq)
-            self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
+            return n, size
+
+        try:
+            n, size = self._transact(delete)
+        except sqlite3.OperationalError as exc:
             # Harmless to skip: the rows stay and a later ack deletes them.
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
             log.warning("spool %s: could not delete acknowledged results: %s", self.path, exc)
             return
         self.acked_seq = seq
@@ -255,7 +280,6 @@ class Spool:
         self._dropping -= {"size", "age"}  # the outage is over: a new one is logged again
 
     def _skip_to(self, seq: int) -> None:
-        assert self._db is not None
         if seq < self.next_seq:
             return
         log.warning(
@@ -263,9 +287,7 @@ class Spool:
             "continue at %d (spool lost or replaced?); continuing at %d",
             self.path, seq, self.next_seq, seq + 1,
         )
-        self._db.execute("BEGIN IMMEDIATE")
-        self._set("next_seq", seq + 1)
-        self._db.execute("COMMIT")
+        self._transact(lambda db: self._set("next_seq", seq + 1))
         self.next_seq = seq + 1
         self._ack(seq)
 
