@@ -30,8 +30,10 @@ class AgentMetrics(Collector):
 
     def collect(self) -> Iterator[Metric]:
         spool, sched = self.spool, self.scheduler
+        # Not loginprobe_agent_connected: that name is the collector's, with its own fixed
+        # label set (CONTRACT.md section 4).
         yield GaugeMetricFamily(
-            "loginprobe_agent_connected", "1 while the stream to the collector is up.",
+            "loginprobe_agent_uplink_connected", "1 while the stream to the collector is up.",
             value=int(self.uplink.connected),
         )
         yield GaugeMetricFamily(
