@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
-
 from agent.probes import dns, tcp, tls
 from agent.probes.base import Attempt, Conn
 from agent.probes.ping import ping
@@ -12,9 +10,28 @@ from agent.probes.ping import ping
 async def open_connection(attempt: Attempt, alpn: tuple[str, ...] = ()) -> Conn:
     """Resolve the target (SRV first where it has one), connect, and for direct TLS complete
     the handshake. Every step is its own timed phase."""
+    address, port = await _address(attempt)
+    conn = await tcp.connect(attempt, address, port)
+    if attempt.target.tls_mode == "direct":
+        with attempt.phase("tls"):
+            await tls.handshake(attempt, conn, attempt.target.tls_server_name, alpn)
+    return conn
+
+
+async def connect_only(attempt: Attempt) -> None:
+    """Resolve and connect, then close: for targets whose check is the TCP handshake alone.
+    No stream is built on the socket, since nothing will be said over it; that is half
+    the CPU of such a probe."""
+    address, port = await _address(attempt)
+    sock = await tcp.connect_socket(attempt, address, port)
+    sock.close()
+
+
+async def _address(attempt: Attempt) -> tuple[str, int]:
+    """The dns (and ping) phases: the address and port to connect to."""
     target = attempt.target
     host, port = target.host, target.port
-    if _is_address(host) and not target.srv:
+    if tcp.address_family(host) is not None and not target.srv:
         addresses = [host]  # nothing to look up: the dns phase is absent, not zero
     else:
         with attempt.phase("dns"):
@@ -27,16 +44,4 @@ async def open_connection(attempt: Attempt, alpn: tuple[str, ...] = ()) -> Conn:
                 attempt.dns.srv = f"{host}:{port}"
     if attempt.options.ping:
         await ping(attempt, addresses[0])
-    conn = await tcp.connect(attempt, addresses[0], port)
-    if target.tls_mode == "direct":
-        with attempt.phase("tls"):
-            await tls.handshake(attempt, conn, target.tls_server_name, alpn)
-    return conn
-
-
-def _is_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
+    return addresses[0], port

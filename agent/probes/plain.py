@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from agent.probes.base import Attempt
-from agent.probes.connect import open_connection
+from agent.probes.connect import connect_only, open_connection
 
 
 async def probe(attempt: Attempt) -> None:
-    await open_connection(attempt)
+    if attempt.target.tls_mode == "none":
+        await connect_only(attempt)
+    else:
+        await open_connection(attempt)

@@ -8,6 +8,7 @@ import errno
 import ipaddress
 import socket
 import struct
+from functools import lru_cache
 
 from agent.probes.base import Attempt, Conn, ProbeFailure
 from loginprobe.reasons import Reason
@@ -30,9 +31,19 @@ def handshake_rtt_ns(sock: socket.socket) -> int | None:
     return rtt_us * 1000 if rtt_us else None
 
 
+@lru_cache(maxsize=1024)
+def address_family(host: str) -> socket.AddressFamily | None:
+    """The family of an IP address literal, None for a name. Cached: an agent probes the
+    same few targets over and over, and parsing one is a tenth of a tcp:// probe's CPU."""
+    try:
+        version = ipaddress.ip_address(host).version
+    except ValueError:
+        return None
+    return socket.AF_INET6 if version == 6 else socket.AF_INET
+
+
 def _socket_for(attempt: Attempt, address: str) -> socket.socket:
-    family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(address_family(address) or socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
         # Login exchanges are small request/response turns: Nagle would add delay we'd
@@ -54,8 +65,9 @@ def _socket_for(attempt: Attempt, address: str) -> socket.socket:
     return sock
 
 
-async def connect(attempt: Attempt, address: str, port: int) -> Conn:
-    """The tcp phase. Returns a Conn; failures become ProbeFailure with the errno's reason."""
+async def connect_socket(attempt: Attempt, address: str, port: int) -> socket.socket:
+    """The tcp phase. Returns the connected socket; failures become ProbeFailure with the
+    errno's reason."""
     loop = asyncio.get_running_loop()
     attempt.resolved_address = address
     with attempt.phase("tcp") as phase:
@@ -79,5 +91,11 @@ async def connect(attempt: Attempt, address: str, port: int) -> Conn:
             raise
         phase.measured_ns = handshake_rtt_ns(sock)
         attempt.note("*", f"TCP connected to {address} port {port}")
+    return sock
+
+
+async def connect(attempt: Attempt, address: str, port: int) -> Conn:
+    """The tcp phase, then a stream on the connection for the protocol to talk over."""
+    sock = await connect_socket(attempt, address, port)
     reader, writer = await asyncio.open_connection(sock=sock, limit=2**16)
     return Conn(attempt, reader, writer)
