@@ -136,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         daemon = sub.add_parser(name, help=job, description=job)
         daemon.add_argument("--config", required=True, metavar="FILE", help="YAML config file")
+    from collector.compare import add_parser as add_compare  # its options live beside its code
+
+    add_compare(sub)
     return parser
 
 
@@ -183,6 +186,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from collector.main import run as run_collector
 
             return run_collector(args.config)
+        if args.command == "compare":
+            from collector.compare import run as run_compare
+
+            return run_compare(args)
     except (UsageError, ConfigError) as exc:
         print(f"loginprobe {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
