@@ -294,8 +294,11 @@ def _bins(a: dict[float, float], b: dict[float, float]) -> tuple[list[int], list
     bounds = sorted(a.keys() & b.keys())
 
     def counts(h: dict[float, float]) -> list[int]:
-        cumulative = [round(h[le]) for le in bounds]
-        return [max(0, c - p) for c, p in zip(cumulative, [0, *cumulative[:-1]], strict=True)]
+        out, below = [], 0
+        for le in bounds:
+            out.append(max(0, round(h[le]) - below))
+            below = max(below, round(h[le]))
+        return out
 
     return counts(a), counts(b)
 
@@ -571,6 +574,16 @@ def parse_time(text: str) -> float:
     return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 600:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected seconds between 0 and 600")
+    return value
+
+
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     """The `compare` subcommand, added to the CLI's subparsers."""
     job = "compare login success and latency between network types (or another label)"
@@ -597,7 +610,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--png", metavar="FILE", help="also draw a chart to FILE (needs matplotlib)")
     p.add_argument(
         "--timeout",
-        type=float,
+        type=_seconds,
         default=10.0,
         metavar="SECONDS",
         help="per query (default 10)",

@@ -19,7 +19,15 @@ from typing import Any
 
 import pytest
 
-from collector.compare import fisher_exact, mann_whitney_binned, parse_duration, wilson
+from collector.compare import (
+    Group,
+    Phase,
+    compare_groups,
+    fisher_exact,
+    mann_whitney_binned,
+    parse_duration,
+    wilson,
+)
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, math.inf)
 SPAN = 3600  # seconds of data
@@ -30,7 +38,7 @@ GOLDEN = (math.sqrt(5) - 1) / 2  # low-discrepancy steps: evenly spread, no rand
 
 
 @dataclass(frozen=True)
-class Path_:
+class NetPath:
     """How one network path behaves: success rate and each phase's median latency."""
 
     network_type: str
@@ -45,20 +53,22 @@ CELLULAR = {"dns": 0.006, "tcp": 0.030, "tls": 0.140, "login": 0.035}
 DIFFERENT = (
     "xmpp-login",
     "xmpp",
-    [Path_("wifi", 0.99, WIFI, 0.0), Path_("cellular", 0.85, CELLULAR, 0.3)],
+    [NetPath("wifi", 0.99, WIFI, 0.0), NetPath("cellular", 0.85, CELLULAR, 0.3)],
 )
 # Both paths draw from one distribution; only the samples differ.
-SAME = ("mqtt-login", "mqtt", [Path_("wifi", 0.97, WIFI, 0.0), Path_("cellular", 0.97, WIFI, 0.5)])
+SAME = (
+    "mqtt-login",
+    "mqtt",
+    [NetPath("wifi", 0.97, WIFI, 0.0), NetPath("cellular", 0.97, WIFI, 0.5)],
+)
 
 
-def attempts(path: Path_, n: int) -> Iterator[tuple[bool, dict[str, float]]]:
+def attempts(path: NetPath, n: int) -> Iterator[tuple[bool, dict[str, float]]]:
     """n attempts whose outcomes and latencies follow the path's distributions exactly."""
     fail = 1 - path.success
     for i in range(n):
-        # Failures evenly spread: attempt i fails when the running count of failures steps up.
-        failed = math.floor((i + 1 + path.offset * 100) * fail) > math.floor(
-            (i + path.offset * 100) * fail
-        )
+        # Failures evenly spread: attempt i fails where the expected failure count steps up.
+        failed = math.floor((i + 1) * fail + path.offset) > math.floor(i * fail + path.offset)
         phases = {}
         for k, (name, median) in enumerate(path.medians.items()):
             u = (path.offset + (i + 1) * GOLDEN + k * 0.37) % 1.0
@@ -69,7 +79,7 @@ def attempts(path: Path_, n: int) -> Iterator[tuple[bool, dict[str, float]]]:
         yield not failed, phases
 
 
-def openmetrics(start: int, checks: list[tuple[str, str, list[Path_]]]) -> str:
+def openmetrics(start: int, checks: list[tuple[str, str, list[NetPath]]]) -> str:
     """The contract's metrics as a collector scraped every SCRAPE seconds would hold them."""
     events: dict[str, list[tuple[float, float]]] = defaultdict(list)  # series -> (t, add)
     families: dict[str, list[str]] = defaultdict(list)
@@ -93,17 +103,13 @@ def openmetrics(start: int, checks: list[tuple[str, str, list[Path_]]]) -> str:
                 f'region="eu-west",carrier="",network_type="{path.network_type}"'
             )
             agent = f'agent="phone-{path.network_type}"'
-            # Series exist from the first scrape, as the collector pre-creates them.
-            for result, reason in (("success", "ok"), ("failure", "tls_timeout")):
-                add("loginprobe_attempts",
-                    f'loginprobe_attempts_total{{{where},{agent},result="{result}",reason="{reason}"}}',
-                    start, 0.0)  # fmt: skip
+            outcome = {
+                ok: f'loginprobe_attempts_total{{{where},{agent},result="{result}",reason="{why}"}}'
+                for ok, result, why in ((True, "success", "ok"), (False, "failure", "tls_timeout"))
+            }
             for i, (ok, phases) in enumerate(attempts(path, SPAN // EVERY)):
                 t = start + EVERY / 2 + i * EVERY
-                result, reason = ("success", "ok") if ok else ("failure", "tls_timeout")
-                add("loginprobe_attempts",
-                    f'loginprobe_attempts_total{{{where},{agent},result="{result}",reason="{reason}"}}',
-                    t, 1.0)  # fmt: skip
+                add("loginprobe_attempts", outcome[ok], t, 1.0)
                 for phase, seconds in phases.items():
                     hist(
                         "loginprobe_phase_duration_seconds", f'{where},phase="{phase}"', t, seconds
@@ -117,7 +123,7 @@ def openmetrics(start: int, checks: list[tuple[str, str, list[Path_]]]) -> str:
         for series in names:
             pending = sorted(events[series])
             total, j = 0.0, 0
-            for scrape in range(start, start + SPAN + 1, SCRAPE):
+            for scrape in range(start, start + SPAN + 1, SCRAPE):  # every series from the start
                 while j < len(pending) and pending[j][0] <= scrape:
                     total += pending[j][1]
                     j += 1
@@ -255,6 +261,15 @@ def test_table(prom: Prom) -> None:
     print(text)  # shown with pytest -s: the table as a user sees it
 
 
+def test_one_group_has_nothing_to_compare(prom: Prom) -> None:
+    out = compare("--prometheus", prom.url, "--start", str(prom.start), "--end", str(prom.end),
+                  "--by", "region", "--check", "xmpp-login")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    [row] = [line.split() for line in out.stdout.splitlines() if "eu-west" in line]
+    assert row[:3] == ["eu-west", "1440", "92.0%"]
+    assert "only one region here: nothing to compare" in out.stdout
+
+
 def test_range_ends_now(prom: Prom) -> None:
     report = compare_json_range(prom, "2h")
     # The data starts inside this window, so increase() extrapolates it a little towards
@@ -308,6 +323,8 @@ def test_not_prometheus_or_bad_usage_is_exit_2(prom: Prom) -> None:
     assert out.returncode == 2 and "give --start or --range, not both" in out.stderr
     out = compare("--prometheus", prom.url, "--range", "an hour")
     assert out.returncode == 2 and "expected a duration such as 30m" in out.stderr
+    out = compare("--prometheus", prom.url, "--timeout", "-1")
+    assert out.returncode == 2 and "expected seconds between 0 and 600" in out.stderr
 
 
 # --- the statistics against values from textbooks and scipy ------------------------------
@@ -340,3 +357,20 @@ def test_mann_whitney_binned() -> None:
     assert result == pytest.approx((0.0438374, 4 / 30), abs=1e-6)
     assert mann_whitney_binned([3, 0], [5, 0]) == (1.0, 0.5)  # one bucket: nothing to tell
     assert mann_whitney_binned([0, 0], [1, 2]) is None
+
+
+def _group(name: str, means_ms: dict[str, float]) -> Group:
+    phases = {p: Phase(count=100, total=ms / 1000 * 100) for p, ms in means_ms.items()}
+    return Group(name, successes=100, phases=phases)
+
+
+def test_blame_goes_to_the_phase_with_the_largest_share() -> None:
+    slow = _group("cellular", {"dns": 5, "tcp": 40, "tls": 130, "login": 30})
+    fast = _group("wifi", {"dns": 4, "tcp": 20, "tls": 30, "login": 31})
+    c = compare_groups(slow, fast)
+    assert c.duration_diff == pytest.approx(0.120)
+    assert c.blamed_phase == "tls"
+    assert c.share("tls") == pytest.approx(100 / 120)
+    # Seen from the faster side the difference is negative and the blame the same.
+    assert compare_groups(fast, slow).blamed_phase == "tls"
+    assert compare_groups(fast, fast).blamed_phase is None  # no difference to explain
