@@ -29,6 +29,8 @@ figures are those a Grafana panel with the same range shows. Success rates carry
 Wilson interval; two groups' success rates are compared with Fisher's exact test, their
 login durations (and each phase's) with a Mann-Whitney U test on the histogram buckets.
 The phase blamed is the one with the largest share of the difference in mean duration.
+A difference is called significant at p < 0.05; with more than two groups every pair is
+tested, with no correction for the number of pairs.
 
 exit status: 0 report printed (whether or not the groups differ), 1 no attempts in the
 range for this selection, 2 usage error, Prometheus unreachable or a query refused.
@@ -288,8 +290,9 @@ def _finite(value: float) -> float | None:
 def _bins(a: dict[float, float], b: dict[float, float]) -> tuple[list[int], list[int]]:
     """Per-bucket counts of two cumulative histograms on the bucket bounds they share.
 
-    Only shared bounds give exact counts for both groups when their layouts differ;
-    rounding and clamping undo increase()'s extrapolation, which is per series.
+    Only shared bounds give exact counts for both groups when their layouts differ.
+    increase() extrapolates each bucket series on its own, so its counts come back
+    fractional and, now and then, not quite cumulative: round them, never go below zero.
     """
     bounds = sorted(a.keys() & b.keys())
 

@@ -156,19 +156,31 @@ def prom(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prom]:
     start = end - SPAN
     (root / "data.om").write_text(openmetrics(start, [DIFFERENT, SAME]))
     subprocess.run(
-        ["promtool", "tsdb", "create-blocks-from", "openmetrics", str(root / "data.om"),
-         str(root / "tsdb")],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        [
+            "promtool",
+            "tsdb",
+            "create-blocks-from",
+            "openmetrics",
+            str(root / "data.om"),
+            str(root / "tsdb"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     (root / "prometheus.yml").write_text("global:\n  scrape_interval: 1m\n")  # scrapes nothing
     for _ in range(3):  # another process may take the port between picking and binding
         port = _free_port()
         log = (root / "prometheus.log").open("w")
         proc = subprocess.Popen(
-            ["prometheus", f"--config.file={root / 'prometheus.yml'}",
-             f"--storage.tsdb.path={root / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
-            stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [
+                "prometheus",
+                f"--config.file={root / 'prometheus.yml'}",
+                f"--storage.tsdb.path={root / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 20
         while proc.poll() is None and time.monotonic() < deadline:
@@ -205,8 +217,16 @@ def compare(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def compare_json(prom: Prom, *args: str) -> dict[str, Any]:
-    out = compare("--prometheus", prom.url, "--start", str(prom.start), "--end", str(prom.end),
-                  "--json", *args)  # fmt: skip
+    out = compare(
+        "--prometheus",
+        prom.url,
+        "--start",
+        str(prom.start),
+        "--end",
+        str(prom.end),
+        "--json",
+        *args,
+    )
     assert out.returncode == 0, out.stderr
     report: dict[str, Any] = json.loads(out.stdout)
     return report
@@ -262,8 +282,18 @@ def test_table(prom: Prom) -> None:
 
 
 def test_one_group_has_nothing_to_compare(prom: Prom) -> None:
-    out = compare("--prometheus", prom.url, "--start", str(prom.start), "--end", str(prom.end),
-                  "--by", "region", "--check", "xmpp-login")  # fmt: skip
+    out = compare(
+        "--prometheus",
+        prom.url,
+        "--start",
+        str(prom.start),
+        "--end",
+        str(prom.end),
+        "--by",
+        "region",
+        "--check",
+        "xmpp-login",
+    )
     assert out.returncode == 0, out.stderr
     [row] = [line.split() for line in out.stdout.splitlines() if "eu-west" in line]
     assert row[:3] == ["eu-west", "1440", "92.0%"]
@@ -288,8 +318,16 @@ def compare_json_range(prom: Prom, rng: str) -> dict[str, Any]:
 
 def test_png(prom: Prom, tmp_path: Path) -> None:
     png = tmp_path / "compare.png"
-    out = compare("--prometheus", prom.url, "--start", str(prom.start), "--end", str(prom.end),
-                  "--png", str(png))  # fmt: skip
+    out = compare(
+        "--prometheus",
+        prom.url,
+        "--start",
+        str(prom.start),
+        "--end",
+        str(prom.end),
+        "--png",
+        str(png),
+    )
     assert out.returncode == 0, out.stderr
     data = png.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n")
@@ -297,8 +335,16 @@ def test_png(prom: Prom, tmp_path: Path) -> None:
 
 
 def test_no_data_is_exit_1(prom: Prom) -> None:
-    out = compare("--prometheus", prom.url, "--start", str(prom.start), "--end", str(prom.end),
-                  "--check", "no-such-check")  # fmt: skip
+    out = compare(
+        "--prometheus",
+        prom.url,
+        "--start",
+        str(prom.start),
+        "--end",
+        str(prom.end),
+        "--check",
+        "no-such-check",
+    )
     assert out.returncode == 1
     assert "no attempts of check 'no-such-check'" in out.stderr
     assert out.stdout == ""

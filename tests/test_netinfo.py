@@ -86,19 +86,32 @@ def sysfs(tmp_path: Path) -> Path:
     root = tmp_path / "sys"
     pci = "pci0000:00/0000:00:1c.0"
     usb = "pci0000:00/0000:00:14.0/usb2/2-1"
-    add_iface(root, "wlan0", device=f"{pci}/0000:02:00.0", driver="iwlwifi",
-              devtype="wlan", wireless=True, phy80211=True)  # fmt: skip
+    add_iface(
+        root,
+        "wlan0",
+        device=f"{pci}/0000:02:00.0",
+        driver="iwlwifi",
+        devtype="wlan",
+        wireless=True,
+        phy80211=True,
+    )
     # Kernels without wireless extensions have no wireless/ folder and may omit DEVTYPE.
     add_iface(root, "wlp3s0", device=f"{pci}/0000:03:00.0", driver="ath11k_pci", phy80211=True)
-    add_iface(root, "wwan0", device=f"{usb}/2-1:1.4", driver="qmi_wwan", bus="usb",
-              arphrd=65534, devtype="wwan")  # fmt: skip
+    add_iface(
+        root,
+        "wwan0",
+        device=f"{usb}/2-1:1.4",
+        driver="qmi_wwan",
+        bus="usb",
+        arphrd=65534,
+        devtype="wwan",
+    )
     add_iface(root, "enp0s31f6", device="pci0000:00/0000:00:1f.6", driver="e1000e")
     add_iface(root, "veth1a2b", arphrd=1)
     add_iface(root, "lo", arphrd=772)
     # cdc_ncm drives both USB Ethernet docks and some modems: only DEVTYPE tells them apart.
     add_iface(root, "enx00e04c680001", device=f"{usb}/2-1:1.0", driver="cdc_ncm", bus="usb")
-    add_iface(root, "usb1", device=f"{usb}/2-1:1.1", driver="cdc_ncm", bus="usb",
-              devtype="wwan")  # fmt: skip
+    add_iface(root, "usb1", device=f"{usb}/2-1:1.1", driver="cdc_ncm", bus="usb", devtype="wwan")
     add_iface(root, "eth1", device=f"{usb}/2-1:1.2", driver="ipheth", bus="usb")
     add_iface(root, "usb0", device=f"{usb}/2-1:1.3", driver="rndis_host", bus="usb")
     add_iface(root, "enx0c5b8f279a64", device=f"{usb}/2-1:1.5", driver="cdc_mbim", bus="usb")
