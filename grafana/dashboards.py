@@ -125,10 +125,12 @@ def stat(pid: int, title: str, pos: Json, expr: str, unit: str, *, description: 
     }
 
 
-def table(pid: int, title: str, pos: Json, targets: list[Json], join_on: str, *,
+def table(pid: int, title: str, pos: Json, targets: list[Json], join_on: str | None, *,
           description: str = "", units: dict[str, str] | None = None,
           rename: dict[str, str] | None = None, links: dict[str, str] | None = None) -> Json:
-    """An instant-query table, one row per join_on value, one column per query."""
+    """An instant-query table, one column per query: rows joined on the join_on label
+    (unique per row in every query), or with join_on None merged on all labels (every
+    query grouped by the same labels)."""
     overrides: list[Json] = []
     for field, unit in (units or {}).items():
         overrides.append({"matcher": {"id": "byName", "options": field},
@@ -143,6 +145,7 @@ def table(pid: int, title: str, pos: Json, targets: list[Json], join_on: str, *,
         "fieldConfig": {"defaults": {"custom": {"filterable": True}}, "overrides": overrides},
         "options": {"showHeader": True, "cellHeight": "sm"},
         "transformations": [
+            {"id": "merge", "options": {}} if join_on is None else
             {"id": "joinByField", "options": {"byField": join_on, "mode": "outer"}},
             {"id": "organize", "options": {
                 "excludeByName": {"Time": True, **{f"Time {i}": True for i in range(1, 9)}},
@@ -315,7 +318,7 @@ def overview() -> Json:
                    table=True),
             target(success_ratio(sel, "$__range", path), ref="B", table=True),
             target(quantile(0.95, DURATION_BUCKET, sel, "$__range", path), ref="C", table=True),
-        ], "check", units={"Value #A": "short", "Value #B": "percentunit", "Value #C": "s"},
+        ], None, units={"Value #A": "short", "Value #B": "percentunit", "Value #C": "s"},
             rename={"Value #A": "attempts", "Value #B": "success rate", "Value #C": "p95"},
             links={"check": check_link},
             description="Click a check to open it in detail."),
@@ -445,7 +448,7 @@ def network_types() -> Json:
                    ref="C", table=True),
             target(quantile(0.95, DURATION_BUCKET, both, "$__range", "check, network_type"),
                    ref="D", table=True),
-        ], "check", units={"Value #A": "short", "Value #B": pp, "Value #C": "s",
+        ], None, units={"Value #A": "short", "Value #B": pp, "Value #C": "s",
                            "Value #D": "s"},
             rename={"Value #A": "attempts", "Value #B": "success rate", "Value #C": "p50",
                     "Value #D": "p95"},

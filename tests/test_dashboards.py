@@ -451,6 +451,33 @@ def test_panel_query_returns_data(prometheus: Prometheus, q: Query) -> None:
     assert body["data"]["result"], f"{q.where}: no data for {substitute(q)}"
 
 
+def table_panels() -> list[tuple[str, dict[str, Any], dict[str, str]]]:
+    return [(f"{name} / {p['title']}", p, variable_values(d))
+            for name, d in load_dashboards().items() for p in panels_of(d)
+            if p["type"] == "table"]
+
+
+@pytest.mark.parametrize("where,panel,values", table_panels(), ids=lambda x: str(x)[:60])
+def test_table_rows_line_up(prometheus: Prometheus, where: str, panel: dict[str, Any],
+                            values: dict[str, str]) -> None:
+    """A joined table's key is unique in every query's result; a merged table's queries
+    all carry the same labels, so Grafana puts each row's values side by side."""
+    (how,) = [t for t in panel["transformations"] if t["id"] in ("merge", "joinByField")]
+    label_sets = []
+    for t in panel["targets"]:
+        q = Query(where, t["expr"], values)
+        result = prometheus.get("/api/v1/query", query=substitute(q),
+                                time=str(prometheus.at))["data"]["result"]
+        assert result, where
+        label_sets.append({frozenset(r["metric"]) for r in result})
+        if how["id"] == "joinByField":
+            keys = [r["metric"][how["options"]["byField"]] for r in result]
+            assert len(keys) == len(set(keys)), f"{where}: {t['refId']} repeats a key"
+    if how["id"] == "merge":
+        assert all(len(s) == 1 for s in label_sets), where
+        assert len(set().union(*label_sets)) == 1, f"{where}: queries differ in labels"
+
+
 @pytest.mark.parametrize("q", variable_queries(), ids=lambda q: q.where)
 def test_variable_query_finds_values(prometheus: Prometheus, q: Query) -> None:
     m = re.fullmatch(r"label_values\((.+), (\w+)\)", substitute(q))
