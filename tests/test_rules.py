@@ -104,10 +104,15 @@ def test_every_alert_has_a_firing_and_a_quiet_case() -> None:
 
 
 def test_every_alert_says_what_to_do() -> None:
+    runbook = (ROOT / "grafana" / "RUNBOOK.md").read_text(encoding="utf-8")
+    sections = {line[3:].strip().lower() for line in runbook.splitlines()
+                if line.startswith("## ")}
     for rule in alerting_rules():
         assert rule["labels"]["severity"] in {"page", "ticket"}, rule["alert"]
         assert {"summary", "description", "runbook_url"} <= rule["annotations"].keys()
-        assert rule["annotations"]["runbook_url"].endswith("#" + rule["alert"].lower())
+        url = rule["annotations"]["runbook_url"]
+        assert url == f"grafana/RUNBOOK.md#{rule['alert'].lower()}", rule["alert"]
+        assert url.split("#")[1] in sections, f"RUNBOOK.md has no section {rule['alert']}"
         assert "for" in rule, rule["alert"]
 
 
