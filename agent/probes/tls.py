@@ -101,6 +101,20 @@ def _names(cert: x509.Certificate) -> list[str]:
     return names
 
 
+@lru_cache(maxsize=64)
+def _leaf_facts(der: bytes) -> tuple[str, str, tuple[str, ...], datetime]:
+    """Subject, issuer, SANs and expiry of a certificate. Cached by its bytes: parsing costs
+    about 140 µs, more than the rest of a login's Python, and a prober sees the same
+    certificate attempt after attempt."""
+    cert = x509.load_der_x509_certificate(der)
+    return (
+        cert.subject.rfc4514_string(),
+        cert.issuer.rfc4514_string(),
+        tuple(_names(cert)),
+        cert.not_valid_after_utc,
+    )
+
+
 def _describe(ssl_object: ssl.SSLObject, verified: bool, verify_error: str | None) -> TLSInfo:
     info = TLSInfo(
         version=ssl_object.version() or "",
@@ -111,11 +125,8 @@ def _describe(ssl_object: ssl.SSLObject, verified: bool, verify_error: str | Non
     )
     der = ssl_object.getpeercert(binary_form=True)
     if der:
-        cert = x509.load_der_x509_certificate(der)
-        info.subject = cert.subject.rfc4514_string()
-        info.issuer = cert.issuer.rfc4514_string()
-        info.sans = _names(cert)
-        info.not_after = cert.not_valid_after_utc
+        info.subject, info.issuer, sans, info.not_after = _leaf_facts(der)
+        info.sans = list(sans)
         info.days_left = round((info.not_after - datetime.now(UTC)).total_seconds() / 86400, 2)
     return info
 
