@@ -51,7 +51,8 @@ class AgentMetrics(Collector):
         )
         dropped = CounterMetricFamily(
             "loginprobe_agent_results_dropped",
-            "Results dropped unsent: spool size or age limit reached, or the disk full.",
+            "Results dropped from the spool unacknowledged: its size or age limit was "
+            "reached, or the disk was full. One sent just before its drop may still arrive.",
             labels=["reason"],
         )
         for reason, n in list(spool.dropped.items()):
