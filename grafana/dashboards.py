@@ -452,7 +452,17 @@ def network_types() -> Json:
                            "Value #D": "s"},
             rename={"Value #A": "attempts", "Value #B": "success rate", "Value #C": "p50",
                     "Value #D": "p95"},
-            description="The figures `loginprobe compare` reports, over the same range."),
+            description="Attempts and success rate as `loginprobe compare` reports them "
+                        "for the same range; p50/p95 of the whole login."),
+        table(12, "Phase latency per check and network type over the time range",
+              grid(0, 36, 24, 9), [
+                  target(f"histogram_quantile({q}, sum by (check, network_type, phase, le) "
+                         f"(increase({PHASE_BUCKET}{{{both}}}[$__range])))", ref=ref, table=True)
+                  for q, ref in ((0.5, "A"), (0.95, "B"))
+              ], None, units={"Value #A": "s", "Value #B": "s"},
+              rename={"Value #A": "p50", "Value #B": "p95"},
+              description="The phase p50/p95 of `loginprobe compare --by network_type` for "
+                          "the same range (the same PromQL, so the same digits)."),
     ]
     return dashboard("loginprobe-network-types", "loginprobe / WiFi vs cellular",
                      "Two network types side by side: success rate, phase latency and their "

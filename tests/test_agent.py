@@ -185,7 +185,7 @@ def test_assigned_checks_reach_a_running_agent(pki: PKI, target: str, tmp_path: 
 def test_a_wrong_or_revoked_credential_ends_the_agent_with_one_sentence(
     pki: PKI, tmp_path: Path
 ) -> None:
-    good, good_hash = new_token()
+    _, good_hash = new_token()
     revoked, revoked_hash = new_token()
     unknown, _ = new_token()
     settings = collector_config(tmp_path / "c", pki=pki, agents=[
@@ -360,7 +360,7 @@ def test_kill_9_of_the_collector_while_20_agents_stream_loses_and_doubles_nothin
             and a.metric("loginprobe_agent_spool_results") < 20 for a in agents.values()), 60)
         for agent in agents.values():
             agent.signal(signal.SIGTERM)
-        for name, agent in agents.items():
+        for agent in agents.values():
             assert agent.wait(20) == 0, agent.output()
         total = sum(assert_exactly_once(collector, name, a) for name, a in agents.items())
         assert total >= FLEET_SIZE * 2 * 5 * OUTAGE_SECONDS * 0.5
