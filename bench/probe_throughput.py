@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import json
 import socket
@@ -282,34 +283,30 @@ def spec_for(
     return spec
 
 
-def run_scenario(scenario: Scenario, env: dict[str, Any], args: argparse.Namespace) -> None:
-    for loop in scenario.loops:
-        if loop == "uvloop" and not env["uvloop"]:
-            print(f"{scenario.name:8} uvloop: not installed (pip install uvloop), skipped")
-            continue
-        spec = spec_for(scenario, loop, env, args)
-        # The measured process gets the probing core; blackbox's load generator is not the
-        # measured process, so it goes to the servers' core.
-        cpu = SERVER_CPU if scenario.prober == "blackbox" else PROBE_CPU
-        rates, walls = [], []
-        for _ in range(args.runs):
-            out = run_json(
-                [python(), "-m", "bench.probe_throughput", "--worker", json.dumps(spec)], cpu
-            )
-            if out["failures"]:
-                sys.exit(
-                    f"{scenario.name} {loop}: attempts failed, figures discarded: {out['failures']}"
-                )
-            rates.append(out["attempts"] / out["cpu"])
-            walls.append(out["attempts"] / out["wall"])
-        target = scenario.target
-        verdict = f"{median(rates) / target:5.2f}x target {target:g}" if target else ""
-        print(
-            f"{scenario.name:8} {loop:8} {median(rates):8.0f} /CPU-s  "
-            f"(runs: {', '.join(f'{r:.0f}' for r in rates)})  "
-            f"{median(walls):7.0f} /s wall  {verdict}",
-            flush=True,
+def one_run(spec: dict[str, Any]) -> tuple[float, float]:
+    """(probes per CPU-second, probes per wall-second) of one fresh worker process."""
+    # The measured process gets the probing core; blackbox's load generator is not the
+    # measured process (blackbox is, and it is already on the probing core), so it goes to
+    # the servers' core.
+    cpu = SERVER_CPU if spec["kind"] == "blackbox" else PROBE_CPU
+    out = run_json([python(), "-m", "bench.probe_throughput", "--worker", json.dumps(spec)], cpu)
+    if out["failures"]:
+        sys.exit(
+            f"{spec.get('url') or spec['kind']}: attempts failed, figures discarded: "
+            f"{out['failures']}"
         )
+    return out["attempts"] / out["cpu"], out["attempts"] / out["wall"]
+
+
+def report(scenario: Scenario, loop: str, rates: list[float], walls: list[float]) -> None:
+    target = scenario.target
+    verdict = f"{median(rates) / target:5.2f}x target {target:g}" if target else ""
+    print(
+        f"{scenario.name:8} {loop:8} {median(rates):7.0f} /CPU-s  "
+        f"(runs: {', '.join(f'{r:.0f}' for r in rates)})  "
+        f"{median(walls):6.0f} /s wall  {verdict}",
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -341,19 +338,31 @@ def main() -> None:
             "tcp_port": acceptor.port,
             "uvloop": uvloop_installed(),
         }
+        cases = []
         for scenario in chosen:
-            if scenario.prober == "blackbox":
-                if not Blackbox.available():
-                    print(
-                        f"{scenario.name:8} skipped: apt-get install prometheus-blackbox-exporter"
-                    )
-                    continue
-                with Blackbox(ground.info["ca_file"]) as bb:
-                    env["blackbox"] = bb
-                    run_scenario(scenario, env, args)
-                    del env["blackbox"]
-            else:
-                run_scenario(scenario, env, args)
+            for loop in scenario.loops:
+                if loop == "uvloop" and not env["uvloop"]:
+                    print(f"{scenario.name:8} uvloop: not installed (pip install uvloop)")
+                elif scenario.prober == "blackbox" and not Blackbox.available():
+                    print(f"{scenario.name:8} apt-get install prometheus-blackbox-exporter")
+                else:
+                    cases.append((scenario, loop))
+        with contextlib.ExitStack() as stack:
+            if any(s.prober == "blackbox" for s, _ in cases):
+                # Started once: idle between its runs, it costs the other cases nothing.
+                env["blackbox"] = stack.enter_context(Blackbox(ground.info["ca_file"]))
+            rates: dict[tuple[str, str], list[float]] = {}
+            walls: dict[tuple[str, str], list[float]] = {}
+            # Round-robin over the cases, one run each per round: other work on the
+            # machine then skews every case alike instead of whichever ran during it.
+            for round_ in range(args.runs):
+                for scenario, loop in cases:
+                    rate, wall = one_run(spec_for(scenario, loop, env, args))
+                    rates.setdefault((scenario.name, loop), []).append(rate)
+                    walls.setdefault((scenario.name, loop), []).append(wall)
+                print(f"# round {round_ + 1}/{args.runs} done; {load_note()}", flush=True)
+        for scenario, loop in cases:
+            report(scenario, loop, rates[scenario.name, loop], walls[scenario.name, loop])
     print(f"# done; {load_note()}")
 
 
