@@ -90,7 +90,9 @@ async def connect_socket(attempt: Attempt, address: str, port: int) -> socket.so
                 ) from None
             raise
         phase.measured_ns = handshake_rtt_ns(sock)
-        attempt.note("*", f"TCP connected to {address} port {port}")
+        # The local port lets an operator find this very connection in a packet capture.
+        local = sock.getsockname()
+        attempt.note("*", f"TCP connected to {address} port {port} from {local[0]} port {local[1]}")
     return sock
 
 
