@@ -280,7 +280,7 @@ def test_kill_9_of_an_agent_with_a_full_spool_replays_it_exactly_once(
         assert agent.stop() == 0
         produced = assert_exactly_once(collector, "phone", agent)
         assert produced > produced_before
-        assert f"{produced_before} results to replay" in agent.output()
+        assert f"{produced_before} results waiting (seq 1..{produced_before})" in agent.output()
     finally:
         stop_all(agent, collector)
 
