@@ -297,7 +297,11 @@ class Collector(Proc):
                 raise RuntimeError(f"the collector exited early:\n{self.output()}")
             return self.healthy()
 
-        wait_for("the collector's health service", ready, timeout)
+        try:
+            wait_for("the collector's health service", ready, timeout)
+        except BaseException:
+            self.kill()  # a collector that never became healthy must not outlive the test
+            raise
         return self
 
     def metrics(self) -> dict[str, float]:

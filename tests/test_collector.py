@@ -4,6 +4,7 @@ identity, bad input, dedupe, check assignment and reload, shutdown, and config e
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from typing import Any
 import grpc
 import pytest
 
+from collector.config import load_config
 from loginprobe.codec import Report, to_wire
 from loginprobe.reasons import Reason
 from loginprobe.result import Phase, Result
@@ -238,6 +240,21 @@ async def test_duplicates_are_acked_and_counted_once(collector: Collector) -> No
     assert seqs == list(range(base + 1, base + 8))
 
 
+async def test_batches_over_the_rate_are_delayed_not_refused(collector: Collector) -> None:
+    """20 batches/s per agent (the default): 40 batches take about a second longer than
+    the first 20 (the burst), and all of them are acknowledged."""
+    s = Stream(collector, TOKENS["a1"][0])
+    welcome, _ = await s.open()
+    seq = welcome.last_processed_seq
+    await asyncio.sleep(1.1)  # a full bucket
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for i in range(1, 41):
+        assert await s.ack(batch(seq + i)) == seq + i
+    assert 0.8 < loop.time() - started < 3.0
+    await s.close()
+
+
 async def test_newer_stream_of_the_same_agent_wins(collector: Collector) -> None:
     old = Stream(collector, TOKENS["a2"][0])
     await old.open()
@@ -364,9 +381,10 @@ async def test_assignment_by_selector_and_reload_without_reconnect(
 async def test_graceful_shutdown_ends_streams_and_exits_0(tmp_path: Path) -> None:
     token, digest = new_token()
     c = Collector(tmp_path, collector_config(
-        tmp_path, pki=None, agents=[{"id": "p1", "token_sha256": digest}]))
+        tmp_path, pki=None, agents=[{"id": "p1", "token_sha256": digest}], log_format="json"))
     c.start_healthy()
-    assert "WARNING" in c.output() and "PLAINTEXT" in c.output()
+    logged = [json.loads(line) for line in c.output().splitlines()]
+    assert any(e["level"] == "warning" and "PLAINTEXT" in e["message"] for e in logged)
     s = Stream(c, token)
     await s.open()
     assert await s.ack(batch(1, 2)) == 2
@@ -375,6 +393,7 @@ async def test_graceful_shutdown_ends_streams_and_exits_0(tmp_path: Path) -> Non
     assert code == grpc.StatusCode.UNAVAILABLE and "shutting down" in details
     await s.close()
     assert await asyncio.to_thread(c.wait, 10) == 0, c.output()
+    assert json.loads(c.output().splitlines()[-1])["message"] == "stopped"
 
 
 async def test_results_log_survives_kill_9(tmp_path: Path) -> None:
@@ -432,6 +451,16 @@ def test_invalid_config_exits_2_naming_file_and_line(
     assert done.returncode == 2, done.stderr
     assert f"{config}:{where}:" in done.stderr and words in done.stderr, done.stderr
     assert "listening" not in done.stderr
+
+
+def test_the_example_config_is_valid(tmp_path: Path, pki: PKI) -> None:
+    text = (ROOT / "deploy" / "collector.example.yaml").read_text()
+    text = text.replace("/etc/loginprobe/collector.crt", str(pki.server.cert))
+    text = text.replace("/etc/loginprobe/collector.key", str(pki.server.key))
+    (tmp_path / "collector.yaml").write_text(text)
+    loaded = load_config(tmp_path / "collector.yaml")
+    assert [a.id for a in loaded.agents] == ["paris-orange-4g", "paris-office", "old-laptop"]
+    assert len(loaded.config.checks) == 2
 
 
 def test_invalid_agents_file_names_that_file(tmp_path: Path) -> None:

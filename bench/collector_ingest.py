@@ -1,0 +1,364 @@
+"""Collector ingest on one core: 1,000 agent streams (TLS, one connection and bearer token
+each) send batched results from a load generator on the other core; prints results/s
+acknowledged, the collector's CPU, and latency from result produced (and from batch sent)
+to acknowledged.
+
+    python3 -m bench.collector_ingest                       # 1,000 streams, 50,000 results/s
+    python3 -m bench.collector_ingest --rate 80000 --flush 0.25 --plaintext
+    python3 -m bench.collector_ingest --results-log          # with the JSONL sink (decodes all)
+
+Each stream produces results evenly at rate/streams per second and sends what it has every
+--flush seconds (streams staggered over the interval, as a fleet would be). A result's
+latency is ack time minus the time it was produced; it includes up to one flush interval
+of batching, which the agent's linger decides, so the send-to-ack figure is the collector's
+part alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from bench.common import (
+    PROBE_CPU,
+    SERVER_CPU,
+    load_note,
+    machine,
+    percentile,
+    process_cpu_seconds,
+    raise_nofile,
+)
+from loginprobe.codec import Report, to_wire
+from loginprobe.reasons import Reason
+from loginprobe.result import DNSInfo, Phase, Result, TLSInfo
+from loginprobe.wire import collector_pb2 as pb
+from tests.fleet import PKI, Collector, collector_config, new_token
+
+COLLECTOR_CPU, LOAD_CPU = PROBE_CPU, SERVER_CPU
+CONNECT = "/loginprobe.v1.CollectorService/Connect"
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _template() -> bytes:
+    """A typical XMPP login result (4 phases, TLS and DNS info) serialized without its seq:
+    appending a seq field to it gives a full ProbeResult without building a message."""
+    from datetime import UTC, datetime
+
+    result = Result(
+        url="xmpp://probe@xmpp.example.net:5222",
+        protocol="xmpp",
+        success=True,
+        reason=Reason.OK,
+        message="",
+        started_at=datetime.now(UTC),
+        duration_ns=21_400_000,
+        phases=[
+            Phase("dns", True, 0, 600_000),
+            Phase("tcp", True, 600_000, 200_000),
+            Phase("tls", True, 800_000, 7_100_000),
+            Phase("login", True, 7_900_000, 13_500_000),
+        ],
+        resolved_address="192.0.2.10",
+        tls=TLSInfo(
+            "TLSv1.3",
+            "TLS_AES_256_GCM_SHA384",
+            None,
+            True,
+            None,
+            "CN=xmpp.example.net",
+            "CN=Example CA",
+            ["xmpp.example.net"],
+            datetime.now(UTC),
+            90.0,
+        ),
+        dns=DNSInfo("xmpp.example.net", ["192.0.2.10"], 300, None, "system"),
+    )
+    labels = {"region": "eu-west", "carrier": "acme", "network_type": "cellular"}
+    return to_wire(Report(result, 0, "xmpp-login", b"\x01" * 16, labels=labels)).SerializeToString()
+
+
+def _batch(template: bytes, first: int, count: int) -> bytes:
+    parts = []
+    for seq in range(first, first + count):
+        result = b"\x08" + _varint(seq) + template
+        parts.append(b"\x0a" + _varint(len(result)) + result)
+    body = b"".join(parts)
+    return b"\x12" + _varint(len(body)) + body  # ConnectRequest.results
+
+
+# ---- the load generator (a child process on the other core) ----------------------------
+
+
+class Tally:
+    """What every stream adds to: acked batches as (ack time, sent time, first and last
+    produced time, result count), expanded into per-result latencies at the end."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[float, float, float, float, int]] = []
+        self.errors: list[str] = []
+
+
+async def _stream(
+    index: int,
+    args: argparse.Namespace,
+    creds: grpc.ChannelCredentials | None,
+    token: str,
+    template: bytes,
+    start: float,
+    stop: float,
+    connected: asyncio.Queue[int],
+    tally: Tally,
+) -> None:
+    # A local subchannel pool gives each stream its own TCP (and TLS) connection, as 1,000
+    # separate agents would have, instead of sharing one.
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    if creds is None:
+        channel = grpc.aio.insecure_channel(args.address, options=options)
+    else:
+        channel = grpc.aio.secure_channel(args.address, creds, options=options)
+    call = channel.stream_stream(
+        CONNECT, request_serializer=lambda b: b, response_deserializer=pb.ConnectResponse.FromString
+    )(metadata=(("authorization", f"Bearer {token}"),))
+    try:
+        await call.write(pb.ConnectRequest(hello=pb.Hello(version="bench")).SerializeToString())
+        welcome = await call.read()
+        await call.read()  # the check assignment
+        seq = welcome.welcome.last_processed_seq
+        await connected.put(index)
+        pending: deque[tuple[int, float, float, float, int]] = deque()
+
+        async def acks() -> None:
+            while True:
+                msg = await call.read()
+                if msg is grpc.aio.EOF:
+                    return
+                now = time.time()
+                while pending and pending[0][0] <= msg.ack.seq:
+                    _, sent, first, last, n = pending.popleft()
+                    tally.batches.append((now, sent, first, last, n))
+
+        reader = asyncio.create_task(acks())
+        per_second = args.rate / args.streams
+        # Staggered: stream i flushes at start + i/streams of the interval, then every flush.
+        produced_until = t = start + args.flush * index / args.streams
+        made = 0
+        while t < stop:
+            await asyncio.sleep(max(0.0, t - time.time()))
+            total = math.floor((t - start) * per_second)
+            count, made = total - made, total
+            if count > 0:
+                first = produced_until + (t - produced_until) / count
+                pending.append((seq + count, time.time(), first, t, count))
+                await call.write(_batch(template, seq + 1, count))
+                seq += count
+            produced_until = t
+            t += args.flush
+        await asyncio.sleep(3)  # the last acks
+        reader.cancel()
+    except grpc.aio.AioRpcError as exc:
+        tally.errors.append(f"stream {index}: {exc.code()} {exc.details()}")
+    finally:
+        await channel.close()
+
+
+async def _load(args: argparse.Namespace, tokens: list[str], ca: bytes | None) -> dict[str, Any]:
+    creds = None if ca is None else grpc.ssl_channel_credentials(ca)
+    template = _template()
+    tally = Tally()
+    connected: asyncio.Queue[int] = asyncio.Queue()
+    # The window is fixed before the streams start: connecting 1,000 TLS streams to a
+    # collector on one core takes seconds, and every stream must be in when it opens.
+    connect_start = time.time()
+    start = connect_start + args.connect_time
+    stop = start + args.duration
+    tasks = [
+        asyncio.create_task(
+            _stream(i, args, creds, tokens[i], template, start, stop, connected, tally)
+        )
+        for i in range(args.streams)
+    ]
+    for _ in range(args.streams):
+        await asyncio.wait_for(connected.get(), args.connect_time + 30)
+    ready_at = time.time()
+    if ready_at > start:
+        raise SystemExit(
+            f"connecting took {ready_at - connect_start:.1f}s, more than "
+            f"--connect-time {args.connect_time:g}s"
+        )
+    print(json.dumps({"event": "connected", "seconds": ready_at - connect_start}), flush=True)
+    await asyncio.sleep(start + 1 - time.time())
+    print(json.dumps({"event": "window"}), flush=True)  # the parent samples collector CPU
+    await asyncio.sleep(stop - time.time())
+    print(json.dumps({"event": "window"}), flush=True)
+    await asyncio.gather(*tasks)
+
+    # Per-result latencies: results of a batch were produced evenly from first to last.
+    produced_lat: list[float] = []
+    sent_lat: list[float] = []
+    acked_in_window = 0
+    for acked, sent, first, last, n in tally.batches:
+        step = (last - first) / (n - 1) if n > 1 else 0.0
+        produced_lat.extend(acked - (first + i * step) for i in range(n))
+        sent_lat.append(acked - sent)
+        if start + 1 <= acked <= stop:
+            acked_in_window += n
+    return {
+        "event": "done",
+        "errors": tally.errors[:5],
+        "acked_per_second": acked_in_window / (args.duration - 1),
+        "acked_total": sum(b[4] for b in tally.batches),
+        "batches": len(tally.batches),
+        "produced_p50": percentile(produced_lat, 50),
+        "produced_p99": percentile(produced_lat, 99),
+        "produced_max": max(produced_lat),
+        "sent_p50": percentile(sent_lat, 50),
+        "sent_p99": percentile(sent_lat, 99),
+    }
+
+
+# ---- the orchestrator ------------------------------------------------------------------
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--streams", type=int, default=1000)
+    p.add_argument("--rate", type=float, default=50_000, help="results/s offered, all streams")
+    p.add_argument("--flush", type=float, default=0.5, help="seconds between a stream's batches")
+    p.add_argument("--duration", type=float, default=20.0, help="seconds of the measured window")
+    p.add_argument("--connect-time", type=float, default=30.0)
+    p.add_argument("--plaintext", action="store_true", help="plaintext loopback instead of TLS")
+    p.add_argument("--results-log", action="store_true", help="with the JSONL results sink")
+    # Internal: the load generator's side.
+    p.add_argument("--load", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--address", help=argparse.SUPPRESS)
+    p.add_argument("--ca", help=argparse.SUPPRESS)
+    p.add_argument("--tokens", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    raise_nofile(4 * args.streams + 256)
+    if args.load:
+        tokens = json.loads(Path(args.tokens).read_text())
+        ca = Path(args.ca).read_bytes() if args.ca else None
+        print(json.dumps(asyncio.run(_load(args, tokens, ca))), flush=True)
+        return 0
+
+    with tempfile.TemporaryDirectory(prefix="collector-bench-") as tmp:
+        folder = Path(tmp)
+        pki = None if args.plaintext else PKI(folder / "pki")
+        tokens = [new_token() for _ in range(args.streams)]
+        (folder / "tokens.json").write_text(json.dumps([t for t, _ in tokens]))
+        agents = [{"id": f"agent-{i:04d}", "token_sha256": h} for i, (_, h) in enumerate(tokens)]
+        checks = [
+            {
+                "name": "xmpp-login",
+                "url": "xmpp://probe@xmpp.example.net",
+                "password_ref": "PROBE",
+                "interval": "1m",
+            }
+        ]
+        config = collector_config(
+            folder,
+            pki=pki,
+            agents=agents,
+            checks=checks,
+            log_level="warning",
+            limits={"max_batch_results": 5000},
+        )
+        if not args.results_log:
+            del config["results_log"]
+        collector = Collector(folder / "collector", config, pki)
+        collector.start_healthy(timeout=60, cpu=COLLECTOR_CPU)
+        argv = [
+            "taskset",
+            "-c",
+            str(LOAD_CPU),
+            sys.executable,
+            "-m",
+            "bench.collector_ingest",
+            "--load",
+            "--address",
+            collector.address,
+            "--tokens",
+            str(folder / "tokens.json"),
+            "--streams",
+            str(args.streams),
+            "--rate",
+            str(args.rate),
+            "--flush",
+            str(args.flush),
+            "--duration",
+            str(args.duration),
+            "--connect-time",
+            str(args.connect_time),
+        ]
+        if pki is not None:
+            argv += ["--ca", str(pki.ca_file)]
+        print(f"# collector ingest: {machine()}; {load_note()}")
+        print(
+            f"# {args.streams} streams over {'plaintext' if args.plaintext else 'TLS'}, "
+            f"{args.rate:,.0f} results/s offered, a batch every {args.flush:g}s per stream "
+            f"(~{args.rate * args.flush / args.streams:.0f} results), "
+            f"{args.duration:g}s window, results log {'on' if args.results_log else 'off'}; "
+            f"collector on CPU {COLLECTOR_CPU}, load generator on CPU {LOAD_CPU}"
+        )
+        cpu: list[float] = []
+        walls: list[float] = []
+        done: dict[str, Any] = {}
+        try:
+            with subprocess.Popen(
+                argv, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent
+            ) as load:
+                assert load.stdout is not None
+                for line in load.stdout:
+                    event = json.loads(line)
+                    if event["event"] == "connected":
+                        print(f"# {args.streams} streams connected in {event['seconds']:.1f}s")
+                    elif event["event"] == "window":
+                        cpu.append(process_cpu_seconds(collector.pid))
+                        walls.append(time.monotonic())
+                    else:
+                        done = event
+            if load.returncode != 0 or not done:
+                raise SystemExit(f"the load generator failed ({load.returncode})")
+        finally:
+            status = collector.stop()
+        busy = (cpu[1] - cpu[0]) / (walls[1] - walls[0])
+        rate = done["acked_per_second"]
+        print(f"results acknowledged      {rate:10,.0f} /s   (offered {args.rate:,.0f}/s)")
+        print(f"collector CPU             {busy * 100:10.1f} %   of one core")
+        print(f"results per CPU-second    {rate / busy if busy else 0:10,.0f}")
+        print(f"produced -> acked  p50    {done['produced_p50'] * 1000:10.0f} ms")
+        print(
+            f"produced -> acked  p99    {done['produced_p99'] * 1000:10.0f} ms   "
+            f"(max {done['produced_max'] * 1000:.0f} ms)"
+        )
+        print(f"batch sent -> acked p50   {done['sent_p50'] * 1000:10.1f} ms")
+        print(f"batch sent -> acked p99   {done['sent_p99'] * 1000:10.1f} ms")
+        print(f"batches acked             {done['batches']:10,}   results {done['acked_total']:,}")
+        if done["errors"]:
+            print("stream errors:", *done["errors"], sep="\n  ")
+        if status != 0:
+            print(f"the collector exited {status} on SIGTERM")
+        return 0 if not done["errors"] and status == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
