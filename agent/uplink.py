@@ -29,6 +29,10 @@ CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
+    # Subchannels are shared process-wide by default, and with them gRPC's own reconnect
+    # backoff (1 s growing to 2 min): a fresh channel would inherit it and our backoff
+    # would not be the one that decides when we try again.
+    ("grpc.use_local_subchannel_pool", 1),
 ]
 FATAL = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
 CAPABILITIES = ["checks", "clock_offset"]
@@ -123,8 +127,7 @@ class Uplink:
         if (self.cfg.collector.token_env or self.cfg.collector.token_file) and not token:
             raise SessionError("the bearer token is empty or its environment variable is unset")
         metadata = (("authorization", f"Bearer {token}"),) if token else None
-        # A fresh channel per session: gRPC's own reconnect backoff (up to 2 min) must not
-        # delay ours.
+        # A fresh channel per session, with its own subchannel: see CHANNEL_OPTIONS.
         async with self._channel() as channel:
             stub = CollectorServiceStub(channel)  # type: ignore[no-untyped-call]
             call = stub.Connect(metadata=metadata)
@@ -147,6 +150,7 @@ class Uplink:
 
     async def _hello(self, call: grpc.aio.StreamStreamCall) -> int:
         labels = self.cfg.labels.as_dict()
+        began = time.monotonic()  # the call's connection (TCP, TLS) is made by the first write
         sent_ns = time.time_ns()
         await call.write(pb.ConnectRequest(hello=pb.Hello(
             version=__version__, labels=labels, capabilities=CAPABILITIES,
@@ -168,8 +172,9 @@ class Uplink:
         self.connected = True
         self.backoff.reset()
         log.info(
-            "connected to the collector at %s as %s; clock offset %+.3fs; %d results to replay",
-            self.cfg.collector.address, w.agent_id, offset / 1e9, self.spool.depth,
+            "connected to the collector at %s as %s in %.0f ms; clock offset %+.3fs; "
+            "%d results to replay", self.cfg.collector.address, w.agent_id,
+            (time.monotonic() - began) * 1000, offset / 1e9, self.spool.depth,
         )
         if w.last_processed_seq >= self.spool.next_seq:
             await self.spool.skip_to(w.last_processed_seq)
