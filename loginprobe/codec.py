@@ -85,31 +85,35 @@ def to_wire(report: Report) -> pb.ProbeResult:
 
 
 _REASONS = {str(r): r for r in Reason}
+# Every valid (reason, step, success); step may be left empty. One set lookup is the
+# cheapest check upb allows, and ingest makes it for every result.
+_VALID = {(str(r), s, r is Reason.OK) for r in Reason for s in (str(r.step), "")}
 # The range of datetime: a certificate date outside it cannot become a Result.
 _MIN_UNIX, _MAX_UNIX = -62135596800, 253402300799
 
 
-def check_wire(msg: pb.ProbeResult) -> Reason:
+def check_wire(msg: pb.ProbeResult) -> None:
     """Everything from_wire checks, without building anything: ingest calls it for every
     result at tens of thousands a second, and decodes (from_wire) only what a sink needs.
     Raises ValueError for a message that is not a valid result."""
-    reason = _REASONS.get(msg.reason)
-    if reason is None:
-        raise ValueError(f"unknown reason code {msg.reason[:64]!r}")
-    step = msg.step
-    if step and step != reason.step:
-        raise ValueError(f"reason {reason} belongs to step {reason.step}, not {step[:64]!r}")
-    if msg.success != (reason is Reason.OK):
+    if (msg.reason, msg.step, msg.success) not in _VALID:
+        reason = _REASONS.get(msg.reason)
+        if reason is None:
+            raise ValueError(f"unknown reason code {msg.reason[:64]!r}")
+        if msg.step and msg.step != reason.step:
+            raise ValueError(
+                f"reason {reason} belongs to step {reason.step}, not {msg.step[:64]!r}"
+            )
         raise ValueError("success and reason disagree")
     if not _MIN_UNIX <= msg.tls.not_after_unix <= _MAX_UNIX:
         raise ValueError("tls.not_after_unix is out of range")
-    return reason
 
 
 def from_wire(msg: pb.ProbeResult) -> Report:
     """The inverse of to_wire. Raises ValueError for a message that is not a valid result
     (see check_wire), which ingest refuses with a counted reason."""
-    reason = check_wire(msg)
+    check_wire(msg)
+    reason = _REASONS[msg.reason]
     tls = None
     if msg.HasField("tls"):
         t = msg.tls

@@ -106,7 +106,8 @@ def result(seq: int, reason: Reason = Reason.OK, check: str = "c") -> pb.ProbeRe
 
 def test_check_wire_refuses_what_from_wire_cannot_decode() -> None:
     good = result(1)
-    assert check_wire(good) is Reason.OK and from_wire(good).seq == 1
+    check_wire(good)
+    assert from_wire(good).seq == 1
     broken = []
     for field, value in (("reason", "nope"), ("step", "account"), ("success", False)):
         msg = result(1)
