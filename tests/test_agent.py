@@ -5,10 +5,13 @@ while 20 agents stream, and the spool's limit; every seq counted end to end."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -21,6 +24,7 @@ import pytest
 
 from tests.fleet import (
     PKI,
+    ROOT,
     CertPair,
     Collector,
     Proc,
@@ -43,6 +47,7 @@ class Agent(Proc):
         self, folder: Path, collector: Collector, *, token: str | None = None,
         client: CertPair | None = None, checks: list[dict[str, Any]] | None = None,
         labels: dict[str, str] | None = None, spool: dict[str, Any] | None = None,
+        passwords: dict[str, dict[str, str]] | None = None,
     ) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         super().__init__("agent", folder / "agent.yaml")
@@ -63,6 +68,7 @@ class Agent(Proc):
             "collector": link,
             "labels": labels or {"region": "eu-west", "network_type": "wired"},
             "checks": checks or [],
+            "passwords": passwords or {},
             "spool": {"path": str(self.spool_path), **(spool or {})},
             "listen": self.listen,
         })
@@ -211,6 +217,57 @@ def test_a_wrong_or_revoked_credential_ends_the_agent_with_one_sentence(
         assert collector.running()
     finally:
         stop_all(*(a for a, _ in agents.values()), collector)
+
+
+@pytest.fixture
+def login_server(tmp_path: Path) -> Iterator[tuple[int, str]]:
+    """The ground's JSON login backend as its own process: 200 for alice and her password."""
+    password = "Agent-Side-S3cret-" + os.urandom(6).hex()
+    users = tmp_path / "users.json"
+    users.write_text(json.dumps({"alice": password}), encoding="utf-8")
+    port = free_port()
+    server = subprocess.Popen([sys.executable, str(ROOT / "tests/peers/json_login.py"),
+                               str(port), str(users)], stderr=subprocess.DEVNULL)
+    try:
+        wait_for("the login server", lambda: socket.socket().connect_ex(
+            ("127.0.0.1", port)) == 0)
+        yield port, password
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_an_assigned_checks_password_comes_from_the_agent_and_goes_nowhere(
+    pki: PKI, tmp_path: Path, login_server: tuple[int, str]
+) -> None:
+    port, password = login_server
+    (tmp_path / "pw").write_text(password + "\n", encoding="utf-8")
+    token, token_hash = new_token()
+    url = f"http://alice@127.0.0.1:{port}/api/login?auth=json"
+    settings = collector_config(
+        tmp_path / "c", pki=pki, agents=[{"id": "pw", "token_sha256": token_hash}],
+        checks=[{"name": "login", "url": url, "interval": "0.3s", "timeout": "0.3s",
+                 "password_ref": "chat"}],
+    )
+    collector = Collector(tmp_path / "c", settings, pki).start_healthy()
+    agent = Agent(tmp_path / "a", collector, token=token,
+                  passwords={"chat": {"file": str(tmp_path / "pw")}})
+    try:
+        agent.start()
+        wait_for("three logins", lambda: sum(
+            1 for line in collector.results() if line["result"]["success"]) >= 3, 20)
+        with urllib.request.urlopen(f"http://{agent.listen}/metrics") as resp:
+            metrics = resp.read()
+        assert agent.stop() == 0
+        assert {line["result"]["reason"] for line in collector.results()} == {"ok"}
+        # The password was only ever in the agent's memory: not in the spool (deleted rows
+        # included), any log, the results or the metrics; and not the token either.
+        spool = b"".join(p.read_bytes() for p in (tmp_path / "a").glob("spool.db*"))
+        for text in (spool, agent.output().encode(), collector.output().encode(), metrics,
+                     (tmp_path / "c" / "results.jsonl").read_bytes()):
+            assert password.encode() not in text and token.encode() not in text
+    finally:
+        stop_all(agent, collector)
 
 
 @pytest.fixture
