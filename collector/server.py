@@ -57,6 +57,10 @@ def _refusal(reason: str, limit: int) -> Refused:
     return Refused(_INVALID, reason, "not a valid ConnectRequest message")
 
 
+def _auth_status(exc: AuthError) -> grpc.StatusCode:
+    return grpc.StatusCode.UNAUTHENTICATED if exc.unknown else grpc.StatusCode.PERMISSION_DENIED
+
+
 def check_to_wire(c: Check) -> pb.Check:
     msg = pb.Check(name=c.name, url=c.url, password_ref=c.password_ref or "",
                    ca_file=c.ca_file or "", insecure=c.insecure, resolver=c.resolver or "",
@@ -140,42 +144,32 @@ class CollectorService:
         except AuthError as exc:
             self.stats.reject("unauthenticated" if exc.unknown else "permission_denied")
             log.warning("refused a stream from %s: %s", context.peer(), exc)
-            code = grpc.StatusCode.UNAUTHENTICATED if exc.unknown else (
-                grpc.StatusCode.PERMISSION_DENIED)
-            await context.abort(code, str(exc))
+            await context.abort(_auth_status(exc), str(exc))
         session = None
         try:
-            first = await context.read()
+            hello = self._hello(await context.read())
             received_at = time.time_ns()
-            if first is grpc.aio.EOF:
+            if hello is None:
                 return
-            if isinstance(first, str):
-                raise _refusal(first, self.limits.max_message_bytes)
-            if not first.HasField("hello"):
-                raise Refused(_INVALID, "no_hello", "the first message on a stream must be Hello")
-            hello = first.hello
-            if len(hello.labels) > _MAX_LABELS or any(
-                len(k) > _MAX_LABEL_CHARS or len(v) > _MAX_LABEL_CHARS
-                for k, v in hello.labels.items()
-            ):
-                raise Refused(_INVALID, "malformed",
-                              f"at most {_MAX_LABELS} labels of {_MAX_LABEL_CHARS} characters")
             task = asyncio.current_task()
             assert task is not None
             session = Session(agent.id, cred, dict(hello.labels), dict(agent.labels), context,
                               task)
             session.checks = assigned(self.checks, session.labels)
-            self._open(session)
+            self._open(session, hello.version)
             mark = self.ingest.hello(agent.id, hello.last_acked_seq)
             welcome = pb.Welcome(agent_id=agent.id, labels=session.labels,
                                  max_batch_results=self.limits.max_batch_results,
                                  last_processed_seq=mark)
             welcome.hello_received_at.FromNanoseconds(received_at)
-            welcome.sent_at.FromNanoseconds(time.time_ns())
-            await session.send(pb.ConnectResponse(welcome=welcome))
-            full = pb.CheckUpdate(full=True, upsert=[check_to_wire(c)
-                                                     for c in session.checks.values()])
-            await session.send(pb.ConnectResponse(checks=full))
+            # One lock for both: a reload's change must not slip between Welcome and the
+            # full set the agent expects right after it.
+            async with session.lock:
+                welcome.sent_at.FromNanoseconds(time.time_ns())
+                await context.write(pb.ConnectResponse(welcome=welcome))
+                full = pb.CheckUpdate(
+                    full=True, upsert=[check_to_wire(c) for c in session.checks.values()])
+                await context.write(pb.ConnectResponse(checks=full))
             await self._results(session)
         except Refused as exc:
             self.stats.reject(exc.reason)
@@ -188,6 +182,24 @@ class CollectorService:
         finally:
             if session is not None:
                 self._close(session)
+
+    def _hello(self, first: object) -> pb.Hello | None:
+        """The stream's first message, which must be a Hello; None if the agent hung up."""
+        if first is grpc.aio.EOF:
+            return None
+        if isinstance(first, str):
+            raise _refusal(first, self.limits.max_message_bytes)
+        assert isinstance(first, pb.ConnectRequest)
+        if not first.HasField("hello"):
+            raise Refused(_INVALID, "no_hello", "the first message on a stream must be Hello")
+        hello = first.hello
+        if len(hello.labels) > _MAX_LABELS or any(
+            len(k) > _MAX_LABEL_CHARS or len(v) > _MAX_LABEL_CHARS
+            for k, v in hello.labels.items()
+        ):
+            raise Refused(_INVALID, "malformed",
+                          f"at most {_MAX_LABELS} labels of {_MAX_LABEL_CHARS} characters")
+        return hello
 
     async def _results(self, session: Session) -> None:
         """The hot loop: one read, at most one throttle wait and one ack write per batch."""
@@ -212,7 +224,7 @@ class CollectorService:
             seq = self.ingest.batch(agent, session.fixed, results)
             await session.send(pb.ConnectResponse(ack=pb.Ack(seq=seq)))
 
-    def _open(self, session: Session) -> None:
+    def _open(self, session: Session, version: str) -> None:
         older = self.sessions.get(session.agent)
         if older is not None:
             older.kick(grpc.StatusCode.ABORTED,
@@ -220,8 +232,9 @@ class CollectorService:
         self.sessions[session.agent] = session
         self.stats.connected[session.agent] = session.labels
         self.stats.labels[session.agent] = session.labels
-        log.info("agent %s connected from %s with labels %s, %d checks", session.agent,
-                 session.context.peer(), session.labels, len(session.checks))
+        log.info("agent %s (version %.32s) connected from %s with labels %s, %d checks",
+                 session.agent, version, session.context.peer(), session.labels,
+                 len(session.checks))
 
     def _close(self, session: Session) -> None:
         if self.sessions.get(session.agent) is session:
@@ -242,9 +255,11 @@ class CollectorService:
             try:
                 agent = identify(session.credential, self.agents)
             except AuthError as exc:
-                code = grpc.StatusCode.UNAUTHENTICATED if exc.unknown else (
-                    grpc.StatusCode.PERMISSION_DENIED)
-                session.kick(code, str(exc))
+                session.kick(_auth_status(exc), str(exc))
+                continue
+            if agent.id != session.agent:
+                session.kick(grpc.StatusCode.UNAUTHENTICATED,
+                             f"the credential now belongs to agent {agent.id}; reconnect")
                 continue
             session.fixed = dict(agent.labels)
             self.stats.connected[session.agent] = self.stats.labels[session.agent] = (
