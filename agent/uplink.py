@@ -150,7 +150,10 @@ class Uplink:
 
     async def _hello(self, call: grpc.aio.StreamStreamCall) -> int:
         labels = self.cfg.labels.as_dict()
-        began = time.monotonic()  # the call's connection (TCP, TLS) is made by the first write
+        began = time.monotonic()
+        # Connected first (TCP, TLS, the call's headers), so the handshake's round trips do
+        # not count as one-way delay in the clock offset estimate.
+        await call.wait_for_connection()
         sent_ns = time.time_ns()
         await call.write(pb.ConnectRequest(hello=pb.Hello(
             version=__version__, labels=labels, capabilities=CAPABILITIES,

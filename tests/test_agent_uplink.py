@@ -1,0 +1,149 @@
+"""The uplink against a stub collector, for what the real one does not do on demand: a clock
+100 s ahead, a small batch limit, and a collector that has processed more than the spool
+remembers (a lost spool)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from agent.config import AgentConfig
+from agent.scheduler import Scheduler
+from agent.spool import Spool
+from agent.uplink import Uplink, encode
+from loginprobe.codec import Report
+from loginprobe.reasons import Reason
+from loginprobe.result import Result
+from loginprobe.wire import collector_pb2 as pb
+
+SKEW_NS = 100 * 10**9
+
+
+@dataclass
+class Stub:
+    """One Connect handler: Welcome from a clock SKEW_NS ahead, one assigned check, an Ack
+    for every batch; it remembers what it got."""
+
+    last_processed: int
+    max_batch: int
+    hello: pb.Hello | None = None
+    batches: list[list[pb.ProbeResult]] = field(default_factory=list)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def connect(self, requests: Any, context: Any) -> AsyncIterator[pb.ConnectResponse]:
+        first = await anext(requests)
+        self.hello = first.hello
+        welcome = pb.Welcome(agent_id="stubbed", max_batch_results=self.max_batch,
+                             last_processed_seq=self.last_processed)
+        welcome.hello_received_at.FromNanoseconds(time.time_ns() + SKEW_NS)
+        welcome.sent_at.FromNanoseconds(time.time_ns() + SKEW_NS)
+        yield pb.ConnectResponse(welcome=welcome)
+        check = pb.Check(name="assigned", url="tcp://127.0.0.1:1")  # refused: quick
+        check.interval.FromNanoseconds(100_000_000)
+        yield pb.ConnectResponse(checks=pb.CheckUpdate(full=True, upsert=[check]))
+        async for msg in requests:
+            self.batches.append(list(msg.results.results))
+            self.arrived.set()
+            yield pb.ConnectResponse(ack=pb.Ack(seq=msg.results.results[-1].seq))
+
+
+@dataclass
+class Rig:
+    stub: Stub
+    spool: Spool
+    uplink: Uplink
+
+    def seqs(self) -> list[int]:
+        return [r.seq for batch in self.stub.batches for r in batch]
+
+    async def until(self, ready: Any) -> None:
+        async with asyncio.timeout(10):
+            while not ready():
+                self.stub.arrived.clear()
+                await self.stub.arrived.wait()
+
+
+def old_report() -> Report:
+    result = Result(url="tcp://127.0.0.1:1", protocol="tcp", success=False,
+                    reason=Reason.TCP_REFUSED, message="refused",
+                    started_at=datetime.now(UTC), duration_ns=1000, phases=[])
+    return Report(result, 0, "old", os.urandom(16))
+
+
+@contextlib.asynccontextmanager
+async def rig(tmp_path: Path, stub: Stub, spooled: int) -> AsyncIterator[Rig]:
+    """The stub on a port, and the agent's spool (with spooled old results), scheduler and
+    uplink running against it. A context manager rather than a fixture: gRPC's server must
+    live in the test's own event loop."""
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+        "loginprobe.v1.CollectorService", {"Connect": grpc.stream_stream_rpc_method_handler(
+            stub.connect, request_deserializer=pb.ConnectRequest.FromString,
+            response_serializer=pb.ConnectResponse.SerializeToString)})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    cfg = AgentConfig.model_validate({
+        "collector": {"address": f"127.0.0.1:{port}", "plaintext": True},
+        "labels": {"region": "eu-west", "network_type": "wifi"},
+        "spool": {"path": str(tmp_path / "spool.db")},
+    })
+    spool = Spool(cfg.spool.path, cfg.spool.max_bytes, cfg.spool.max_age)
+    await spool.open()
+    for _ in range(spooled):  # what an outage left behind
+        await spool.append(partial(encode, old_report()))
+    scheduler = Scheduler(lambda r: spool.append(partial(encode, r)),
+                          cfg.labels.as_dict(), concurrency=4)
+    uplink = Uplink(cfg, spool, scheduler)
+    task = asyncio.create_task(uplink.run())
+    try:
+        yield Rig(stub, spool, uplink)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await scheduler.stop()
+        await spool.close()
+        await server.stop(0)
+
+
+async def test_replay_skips_what_was_processed_and_keeps_to_the_batch_limit(
+    tmp_path: Path,
+) -> None:
+    async with rig(tmp_path, Stub(last_processed=10, max_batch=7), spooled=50) as r:
+        await r.until(lambda: len(r.seqs()) >= 45)
+        seqs = r.seqs()
+        assert seqs[:40] == list(range(11, 51))  # 1..10 processed already, the rest in order
+        assert seqs == list(range(11, 11 + len(seqs)))  # then new results, no gap, no repeat
+        assert all(len(b) <= 7 for b in r.stub.batches)
+        hello = r.stub.hello
+        assert hello is not None and hello.last_acked_seq == 0
+        assert dict(hello.labels) == {"region": "eu-west", "carrier": "",
+                                      "network_type": "wifi"}
+        await r.until(lambda: r.spool.acked_seq >= 50)
+
+
+async def test_the_clock_offset_from_welcome_corrects_every_new_result(tmp_path: Path) -> None:
+    async with rig(tmp_path, Stub(last_processed=0, max_batch=100), spooled=0) as r:
+        await r.until(lambda: bool(r.stub.batches))
+        new = r.stub.batches[0][0]
+        assert new.check == "assigned"
+        assert abs(new.clock_offset_ns - SKEW_NS) < 50_000_000
+        assert abs(new.started_at_unix_nano - (time.time_ns() + SKEW_NS)) < 5 * 10**9
+        assert r.uplink.scheduler.clock_offset_ns == new.clock_offset_ns
+        assert len(new.trace_id) == 16 and new.labels["region"] == "eu-west"
+
+
+async def test_a_lost_spool_continues_after_what_the_collector_has(tmp_path: Path) -> None:
+    async with rig(tmp_path, Stub(last_processed=1000, max_batch=100), spooled=5) as r:
+        await r.until(lambda: len(r.seqs()) >= 3)
+        # Seqs at or below 1000 would be taken for replays and dropped as duplicates.
+        assert r.seqs()[:3] == [1001, 1002, 1003]
