@@ -3,7 +3,6 @@ labels, local checks, password sources, the spool's limits and the local metrics
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 from pathlib import Path
@@ -13,22 +12,11 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, FilePath, fi
 from pydantic import ValidationInfo as Info
 
 from loginprobe.cli import UsageError, parse_resolver
-from loginprobe.config import Strict, load
+from loginprobe.config import Seconds, Strict, is_loopback, load, split_host_port
 from loginprobe.target import TargetError, parse_target
 
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _SIZES = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9,
           "kib": 2**10, "mib": 2**20, "gib": 2**30}
-
-
-def _seconds(value: object) -> object:
-    """30, "30s", "5m", "1h", "500ms": what a Prometheus user would write."""
-    if isinstance(value, str):
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", value)
-        if not m:
-            raise ValueError("expected a duration such as 30, 30s, 5m, 1h or 500ms")
-        return float(m[1]) * _UNITS[m[2] or "s"]
-    return value
 
 
 def _bytes(value: object) -> object:
@@ -41,26 +29,7 @@ def _bytes(value: object) -> object:
     return value
 
 
-Seconds = Annotated[float, BeforeValidator(_seconds), Field(gt=0)]
 Bytes = Annotated[int, BeforeValidator(_bytes), Field(gt=0)]
-
-
-def split_host_port(text: str) -> tuple[str, int]:
-    """HOST:PORT or [IPv6]:PORT."""
-    host, sep, port = text.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{text!r}: expected HOST:PORT, e.g. 127.0.0.1:4317")
-    return host, int(port)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _env_is_set(name: str | None) -> str | None:

@@ -14,10 +14,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from agent.config import split_host_port
-from agent.scheduler import Scheduler
+from agent.scheduler import ASSIGNED, LOCAL, Scheduler
 from agent.spool import Spool
 from agent.uplink import Uplink
+from loginprobe.config import split_host_port
 
 
 class AgentMetrics(Collector):
@@ -75,8 +75,8 @@ class AgentMetrics(Collector):
             "loginprobe_agent_checks", "Checks scheduled, by where they come from.",
             labels=["source"],
         )
-        for source in ("local", "assigned"):
-            checks.add_metric([source], sum(1 for src, _ in sched.checks if src == source))
+        for source in (LOCAL, ASSIGNED):
+            checks.add_metric([source], sched.count(source))
         yield checks
         yield GaugeMetricFamily(
             "loginprobe_agent_clock_offset_seconds",

@@ -106,9 +106,10 @@ class Scheduler:
         self.skipped_total = 0  # runs not started because the previous one still waited
         self.clock_offset_ns = 0  # collector clock - our clock, set by the uplink
 
-    @property
-    def checks(self) -> dict[tuple[str, str], CheckSpec]:
-        return {key: spec for key, (spec, _) in self._loops.items()}
+    def count(self, source: str) -> int:
+        """Checks scheduled from source. Safe from the metrics thread: list() copies the
+        keys in one step under the GIL, where iterating the dict could see it change."""
+        return sum(1 for src, _ in list(self._loops) if src == source)
 
     def replace(self, source: str, specs: Iterable[CheckSpec]) -> None:
         """Make specs the whole set for source (local or assigned)."""

@@ -3,13 +3,49 @@ problem, so nothing starts on a bad file."""
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 M = TypeVar("M", bound=BaseModel)
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _seconds(value: object) -> object:
+    """30, "30s", "5m", "1h", "7d", "500ms": what a Prometheus user would write."""
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", value)
+        if not m:
+            raise ValueError("expected a duration such as 30, 30s, 5m, 1h or 500ms")
+        return float(m[1]) * _UNITS[m[2] or "s"]
+    return value
+
+
+# A positive duration in seconds, written as a number or with a unit.
+Seconds = Annotated[float, BeforeValidator(_seconds), Field(gt=0)]
+
+
+def split_host_port(text: str) -> tuple[str, int]:
+    """HOST:PORT or [IPv6]:PORT, for addresses in config files."""
+    host, sep, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r}: expected HOST:PORT, e.g. 127.0.0.1:7443")
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """Where plaintext is allowed: localhost, 127.0.0.0/8, ::1."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class ConfigError(Exception):
