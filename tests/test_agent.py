@@ -181,11 +181,30 @@ def test_assigned_checks_reach_a_running_agent(pki: PKI, target: str, tmp_path: 
         after = sum(1 for line in collector.results() if line["check"] == "first")
         assert before == after, "the removed check still runs"
         assert "elsewhere" not in checks_seen()  # its selector does not match this agent
+        with urllib.request.urlopen(f"http://{agent.listen}/healthz") as resp:
+            assert resp.status == 200 and resp.read() == b"ok: connected to the collector\n"
         assert agent.running() and agent.pid == pid  # never restarted
         assert agent.stop() == 0
         assert_exactly_once(collector, "agent-a", agent)
     finally:
         stop_all(agent, collector)
+
+
+def test_an_invalid_config_names_file_and_line_and_nothing_starts(tmp_path: Path) -> None:
+    config = tmp_path / "agent.yaml"
+    spool = tmp_path / "spool.db"
+    config.write_text(
+        "collector: {address: '127.0.0.1:7443', plaintext: true}\n"
+        f"spool: {{path: '{spool}'}}\n"
+        "checks:\n"
+        "  - name: broken\n"
+        "    url: xmpp://nobody-at-all\n",
+        encoding="utf-8",
+    )
+    agent = Proc("agent", config).start()
+    assert agent.wait(20) == 2
+    assert f"loginprobe agent: {config}:5: checks.0.url:" in agent.output()
+    assert not spool.exists()
 
 
 def test_a_wrong_or_revoked_credential_ends_the_agent_with_one_sentence(
