@@ -103,8 +103,9 @@ def serve(address: str, registry: CollectorRegistry, uplink: Uplink) -> Threadin
             if path == "/metrics":
                 body, ctype, status = generate_latest(registry), CONTENT_TYPE_LATEST, 200
             elif path == "/healthz":
-                state = "connected" if uplink.connected else "not connected"
-                body, ctype, status = f"ok: {state} to the collector\n".encode(), "text/plain", 200
+                state = (f"connected to the collector as {uplink.agent_id}"
+                         if uplink.connected else "not connected to the collector")
+                body, ctype, status = f"ok: {state}\n".encode(), "text/plain", 200
             else:
                 body, ctype, status = b"not found: try /metrics or /healthz\n", "text/plain", 404
             self.send_response(status)

@@ -71,7 +71,7 @@ class Uplink:
         self.linger = linger  # how long a new result waits for others to share its batch
         self.hello_timeout = hello_timeout
         self.connected = False
-        self.agent_id = ""
+        self.agent_id = ""  # who the collector says we are, from our credential
         self._acked = asyncio.Event()  # set on every ack, for drain()
 
     async def run(self) -> None:
@@ -181,7 +181,8 @@ class Uplink:
         )
         if w.last_processed_seq >= self.spool.next_seq:
             await self.spool.skip_to(w.last_processed_seq)
-        await self.spool.ack(w.last_processed_seq)  # processed, only its ack was lost
+        else:
+            await self.spool.ack(w.last_processed_seq)  # processed, only its ack was lost
         return w.max_batch_results or DEFAULT_MAX_BATCH
 
     async def _receive(self, call: grpc.aio.StreamStreamCall) -> None:

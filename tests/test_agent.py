@@ -182,7 +182,8 @@ def test_assigned_checks_reach_a_running_agent(pki: PKI, target: str, tmp_path: 
         assert before == after, "the removed check still runs"
         assert "elsewhere" not in checks_seen()  # its selector does not match this agent
         with urllib.request.urlopen(f"http://{agent.listen}/healthz") as resp:
-            assert resp.status == 200 and resp.read() == b"ok: connected to the collector\n"
+            assert resp.status == 200
+            assert resp.read() == b"ok: connected to the collector as agent-a\n"
         assert agent.running() and agent.pid == pid  # never restarted
         assert agent.stop() == 0
         assert_exactly_once(collector, "agent-a", agent)
