@@ -161,7 +161,8 @@ class Scheduler:
         while True:
             await asyncio.sleep(next_at - loop.time())
             if previous is not None and not previous.done():
-                # Still queued for a slot: starting another would only grow the queue.
+                # The last run has not finished (it waited long for a slot): starting
+                # another would only grow the queue.
                 self.skipped_total += 1
             else:
                 previous = asyncio.create_task(self._run(spec))
