@@ -33,6 +33,7 @@ SERVICE = "loginprobe.v1.CollectorService"
 _INVALID = grpc.StatusCode.INVALID_ARGUMENT
 _EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 _MAX_LABELS, _MAX_LABEL_CHARS = 32, 128
+_HELLO_WAIT = 5.0  # seconds a refused stream gets to send its Hello
 
 
 def _parser(max_bytes: int) -> Callable[[bytes], pb.ConnectRequest | str]:
@@ -99,17 +100,20 @@ class Session:
     checks: dict[str, Check] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one writer at a time
     kicked: tuple[grpc.StatusCode, str] | None = None
+    idle: bool = False  # waiting for a batch: nothing is half done
 
     @property
     def labels(self) -> dict[str, str]:
         return {**self.claimed, **self.fixed}
 
     def kick(self, code: grpc.StatusCode, message: str) -> None:
-        """End the stream from outside its handler: the handler turns the cancellation
-        into this status."""
+        """End the stream from outside its handler with this status: at once if it is
+        waiting for a batch, else once the batch in hand is processed and acknowledged
+        (an ack lost to a kick would make the agent send the batch again)."""
         if self.kicked is None:
             self.kicked = (code, message)
-            self.task.cancel()
+            if self.idle:
+                self.task.cancel()
 
     async def send(self, msg: pb.ConnectResponse) -> None:
         async with self.lock:
@@ -144,6 +148,11 @@ class CollectorService:
         except AuthError as exc:
             self.stats.reject("unauthenticated" if exc.unknown else "permission_denied")
             log.warning("refused a stream from %s: %s", context.peer(), exc)
+            # Take the agent's Hello first: a grpc.aio client whose write races with the end
+            # of the call reports INTERNAL instead of this status (grpc/grpc#36066), and the
+            # agent must see UNAUTHENTICATED to know that retrying is pointless.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(context.read(), _HELLO_WAIT)
             await context.abort(_auth_status(exc), str(exc))
         session = None
         try:
@@ -207,6 +216,9 @@ class CollectorService:
         bucket = self.buckets.setdefault(agent, Bucket(self.limits.max_batches_per_second))
         max_results, max_bytes = self.limits.max_batch_results, self.limits.max_message_bytes
         while True:
+            if session.kicked is not None:
+                await context.abort(*session.kicked)
+            session.idle = True
             msg = await context.read()
             if msg is grpc.aio.EOF:
                 return
@@ -221,6 +233,7 @@ class CollectorService:
             wait = bucket.delay()
             if wait:
                 await asyncio.sleep(wait)
+            session.idle = False
             seq = self.ingest.batch(agent, session.fixed, results)
             await session.send(pb.ConnectResponse(ack=pb.Ack(seq=seq)))
 

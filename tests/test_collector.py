@@ -294,7 +294,8 @@ async def test_mtls_identity_and_refusals(pki: PKI, tmp_path: Path) -> None:
         ]
         for cert, code in refusals:
             s = Stream(c, cert=cert)
-            assert (await s.status(hello()))[0] == code
+            got = await s.status(hello())
+            assert got[0] == code, got
             await s.close()
     finally:
         assert c.stop() == 0, c.output()
