@@ -21,6 +21,7 @@ import json
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -118,27 +119,48 @@ def read_capture(path: Path, server_port: int) -> dict[tuple[str, int], Conn]:
 
 @contextlib.contextmanager
 def capture(port: int) -> Iterator[Path]:
-    """tshark on loopback for one port, on the servers' core; yields the pcapng path."""
+    """tshark on loopback for one port, on the servers' core; yields the pcapng path once
+    packets are really being captured."""
     if shutil.which("tshark") is None:
         sys.exit("apt-get install tshark (and run as root)")
     folder = Path(tempfile.mkdtemp(prefix="bench-capture-"))
-    path = folder / "lo.pcapng"
-    proc = subprocess.Popen(
-        # -B: a 64 MiB kernel buffer so a burst of 100 handshakes drops no packet.
-        ["tshark", "-i", "lo", "-B", "64", "-f", f"tcp port {port}", "-w", str(path), "-q"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=pinned(SERVER_CPU),
-    )
+    path, summary = folder / "lo.pcapng", folder / "summary.txt"
+    with summary.open("wb") as out:
+        proc = subprocess.Popen(
+            # -B: a 64 MiB kernel buffer so a burst of handshakes drops no packet. -P -l: a
+            # line per packet as it is captured, which is how we know capture has begun.
+            [
+                "tshark",
+                "-i",
+                "lo",
+                "-B",
+                "64",
+                "-f",
+                f"tcp port {port}",
+                "-w",
+                str(path),
+                "-P",
+                "-l",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=pinned(SERVER_CPU),
+        )
     assert proc.stderr is not None
-    # tshark says "Capturing on 'Loopback: lo'" once the socket is open; not before.
-    for line in proc.stderr:
-        if "Capturing on" in line:
+    # "Capturing on 'Loopback: lo'" comes before the capture really runs: the first
+    # packets after it can still be missed. Knock (connect and close) until one is seen;
+    # those connections match no attempt.
+    for _ in range(100):
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            pass
+        time.sleep(0.1)
+        if summary.stat().st_size > 0:
             break
     else:
-        sys.exit(f"tshark did not start (exit {proc.wait()}); run as root")
+        proc.kill()
+        sys.exit(f"tshark captured nothing on lo port {port}; run as root")
     try:
         yield path
     finally:
@@ -147,21 +169,37 @@ def capture(port: int) -> Iterator[Path]:
         _, said = proc.communicate(timeout=30)
         # A dropped packet can only cost a match, never a wrong one; still, say so.
         for line in said.splitlines():
-            if "dropped" in line or "rror" in line:
+            if "dropped" in line:
                 print(f"#   tshark: {line.strip()}")
 
 
-def errors_us(pairs: list[tuple[float, float]]) -> str:
-    """'median / p95 |error|, median signed' in µs for (measured ns, captured ns) pairs."""
-    if not pairs:
-        return "no matched attempts"
+def stats_us(pairs: list[tuple[float, float]]) -> tuple[float, float, float, float]:
+    """(median |error|, p95 |error|, median signed error, median capture) in µs for
+    (measured ns, captured ns) pairs."""
     absolute = [abs(m - c) / 1000 for m, c in pairs]
-    signed = [(m - c) / 1000 for m, c in pairs]
-    truth = [c / 1000 for _, c in pairs]
     return (
-        f"|error| median {median(absolute):8.1f} µs, p95 {percentile(absolute, 95):8.1f} µs; "
-        f"signed median {median(signed):+8.1f} µs; capture median {median(truth):7.1f} µs "
-        f"(n={len(pairs)})"
+        median(absolute),
+        percentile(absolute, 95),
+        median([(m - c) / 1000 for m, c in pairs]),
+        median([c / 1000 for _, c in pairs]),
+    )
+
+
+def report(row: str, runs: list[list[tuple[float, float]]]) -> None:
+    """One line per row: the median over runs of each run's statistics."""
+    done = [stats_us(pairs) for pairs in runs if pairs]
+    if not done:
+        print(f"{row}: no matched attempts")
+        return
+    med, p95, signed, truth = (median([d[i] for d in done]) for i in range(4))
+    verdict = ""
+    if "tcp phase" in row:
+        verdict = f"  {'within' if med <= TARGET_US else 'OVER'} the {TARGET_US:g} µs target"
+    print(
+        f"{row}: |error| median {med:8.1f} µs, p95 {p95:8.1f} µs; signed {signed:+8.1f} µs; "
+        f"capture {truth:7.1f} µs; n={sum(len(p) for p in runs)} "
+        f"(run medians: {', '.join(f'{d[0]:.1f}' for d in done)}){verdict}",
+        flush=True,
     )
 
 
@@ -277,7 +315,8 @@ def measure_blackbox(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-k", "--attempts", type=int, default=1000, help="per load and kind")
+    parser.add_argument("-k", "--attempts", type=int, default=1000, help="per row and run")
+    parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--loads", default="1,100", help="attempts in flight")
     parser.add_argument("--blackbox-loads", default="1,100,128")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -288,37 +327,47 @@ def main() -> None:
 
     loads = [int(x) for x in args.loads.split(",")]
     bb_loads = [int(x) for x in args.blackbox_loads.split(",") if x]
+    bb = Blackbox.available() and bool(bb_loads)
     raise_nofile(4096)
     print(f"# timing_accuracy: {machine()}")
     print(
         f"# prober on core {PROBE_CPU}; servers and tshark on core {SERVER_CPU}; "
-        f"{args.attempts} attempts per row; {load_note()}"
+        f"{args.attempts} attempts per row and run; median of {args.runs} runs; {load_note()}"
     )
-    addresses = len(bb_loads) * args.attempts if Blackbox.available() else 0
-    with Ground() as ground, Acceptor(addresses=addresses) as acceptor:
+    # Each capture is read on its own, so blackbox's addresses only need to be distinct
+    # within one row of one run.
+    with Ground() as ground, Acceptor(addresses=args.attempts if bb else 0) as acceptor:
         pin(PROBE_CPU)  # after starting the servers, which were pinned to the other core
         ca_file = ground.info["ca_file"]
         https = ground.info["https_port"]
-        for in_flight in loads:
-            tcp = measure_ours(
-                f"tcp://127.0.0.1:{acceptor.port}",
-                acceptor.port,
-                ca_file,
-                args.attempts,
-                in_flight,
-            )
-            print(f"loginprobe tcp:// tcp phase  {in_flight:3} in flight: {errors_us(tcp['tcp'])}")
-            tls = measure_ours(f"tls://127.0.0.1:{https}", https, ca_file, args.attempts, in_flight)
-            print(f"loginprobe tls:// tcp phase  {in_flight:3} in flight: {errors_us(tls['tcp'])}")
-            print(f"loginprobe tls:// tls phase  {in_flight:3} in flight: {errors_us(tls['tls'])}")
-        if not addresses:
-            print("blackbox_exporter: apt-get install prometheus-blackbox-exporter")
-            return
-        with Blackbox(ca_file) as bb:
-            for i, in_flight in enumerate(bb_loads):
-                mine = [extra_address(i * args.attempts + j) for j in range(args.attempts)]
-                pairs = measure_blackbox(bb, acceptor.port, mine, in_flight)
-                print(f"blackbox tcp_connect duration {in_flight:3} in flight: {errors_us(pairs)}")
+        tcp_url = f"tcp://127.0.0.1:{acceptor.port}"
+        tls_url = f"tls://127.0.0.1:{https}"
+        rows: dict[str, list[list[tuple[float, float]]]] = {}
+        for _ in range(args.runs):
+            for n in loads:
+                tcp = measure_ours(tcp_url, acceptor.port, ca_file, args.attempts, n)
+                rows.setdefault(f"loginprobe tcp:// tcp phase {n:3} in flight", []).append(
+                    tcp["tcp"]
+                )
+                tls = measure_ours(tls_url, https, ca_file, args.attempts, n)
+                rows.setdefault(f"loginprobe tls:// tcp phase {n:3} in flight", []).append(
+                    tls["tcp"]
+                )
+                rows.setdefault(f"loginprobe tls:// tls phase {n:3} in flight", []).append(
+                    tls["tls"]
+                )
+            if bb:
+                with Blackbox(ca_file) as exporter:
+                    mine = [extra_address(j) for j in range(args.attempts)]
+                    for n in bb_loads:
+                        rows.setdefault(
+                            f"blackbox tcp_connect duration {n:3} in flight", []
+                        ).append(measure_blackbox(exporter, acceptor.port, mine, n))
+            print(f"# run done; {load_note()}", flush=True)
+        for row, runs in rows.items():
+            report(row, runs)
+    if not bb:
+        print("blackbox_exporter: apt-get install prometheus-blackbox-exporter")
     print(f"# done; {load_note()}")
 
 
