@@ -94,8 +94,8 @@ class _Server6(_Server):
 
 
 def serve(address: str, registry: CollectorRegistry, uplink: Uplink) -> ThreadingHTTPServer:
-    """Start serving /metrics and /healthz on address in a daemon thread; call shutdown()
-    on the result to stop."""
+    """Start serving /metrics and /healthz on address in a daemon thread, which ends with
+    the process (or call shutdown() on the result)."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
