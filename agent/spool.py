@@ -100,7 +100,11 @@ class Spool:
     # -- worker thread ---------------------------------------------------------------------
 
     def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SpoolError(f"cannot create the spool's folder {self.path.parent}: "
+                             f"{exc.strerror}") from None
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             # One agent per spool: two would hand out the same sequence numbers. EXCLUSIVE
