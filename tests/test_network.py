@@ -321,3 +321,10 @@ async def test_alpn_refused_by_a_server_of_another_protocol(ground: Ground) -> N
     result = await check(f"xmpps://alice@http.test:{ground.https_port}", opts(ground))
     assert_reason(result, Reason.PROTOCOL_MISMATCH, Step.CONFIG)
     assert "NO_APPLICATION_PROTOCOL" in result.message
+
+
+async def test_duration_ends_at_the_verdict_not_after_closing(listener: int) -> None:
+    # The listener never speaks TLS, so closing waits for a goodbye that never comes.
+    result = await check(f"tls://127.0.0.1:{listener}", ProbeOptions(timeout=0.3))
+    assert result.reason is Reason.TLS_TIMEOUT
+    assert 0.3e9 <= result.duration_ns < 0.45e9

@@ -43,21 +43,24 @@ async def run_check(
     attempt = Attempt(target, options, clock)
     reason, message = Reason.OK, "logged in"
     try:
-        async with asyncio.timeout(options.timeout):
-            await PROBES[target.protocol](attempt)
-    except ProbeFailure as failure:
-        reason, message = failure.reason, failure.message
-    except TimeoutError:
-        phase = attempt.failed_phase
-        reason = _TIMEOUT_REASONS.get(phase or "", Reason.TIMEOUT)
-        message = (
-            f"no progress in the {phase} phase before the {options.timeout:g}s deadline"
-            if phase
-            else (f"the {options.timeout:g}s deadline passed")
-        )
-    except Exception as exc:  # a bug of ours must still yield a Result
-        log.exception("internal error probing %s", target.url)
-        reason, message = Reason.INTERNAL_ERROR, f"internal error: {type(exc).__name__}"
+        try:
+            async with asyncio.timeout(options.timeout):
+                await PROBES[target.protocol](attempt)
+        except ProbeFailure as failure:
+            reason, message = failure.reason, failure.message
+        except TimeoutError:
+            phase = attempt.failed_phase
+            reason = _TIMEOUT_REASONS.get(phase or "", Reason.TIMEOUT)
+            message = (
+                f"no progress in the {phase} phase before the {options.timeout:g}s deadline"
+                if phase
+                else f"the {options.timeout:g}s deadline passed"
+            )
+        except Exception as exc:  # a bug of ours must still yield a Result
+            log.exception("internal error probing %s", target.url)
+            reason, message = Reason.INTERNAL_ERROR, f"internal error: {type(exc).__name__}"
+        # The verdict is in: closing politely afterwards is not part of the attempt.
+        attempt.ended_ns = attempt.now()
     finally:
         for conn in attempt.conns:
             await conn.close()

@@ -78,6 +78,7 @@ class Attempt:
         self.dns: DNSInfo | None = None
         self.resolved_address: str | None = None
         self.bytes_read = 0
+        self.ended_ns: int | None = None
         self.conns: list[Conn] = []  # closed by the runner, whatever happened
 
     def now(self) -> int:
@@ -122,7 +123,7 @@ class Attempt:
             reason=reason,
             message=self.scrub(message),
             started_at=self.started_at,
-            duration_ns=self.now(),
+            duration_ns=self.now() if self.ended_ns is None else self.ended_ns,
             phases=sorted(self.phases, key=lambda p: PHASE_ORDER.index(p.name)),
             resolved_address=self.resolved_address,
             tls=self.tls,
