@@ -95,15 +95,13 @@ class Agent(Strict):
 
 
 def _unique_agents(agents: list[Agent]) -> list[Agent]:
-    seen: set[str] = set()
-    for a in agents:
-        for key in (f"id {a.id}", a.token_sha256, a.cert_cn and f"cn {a.cert_cn}",
-                    a.cert_san and f"san {a.cert_san}"):
-            if key and key in seen:
-                what = key if key.startswith(("id", "cn", "san")) else "token_sha256"
-                raise ValueError(f"two agents share {what}; each needs its own")
-            if key:
-                seen.add(key)
+    """One credential, one agent: anything shared would make identity ambiguous."""
+    for what in ("id", "token_sha256", "cert_cn", "cert_san"):
+        values = [getattr(a, what) for a in agents if getattr(a, what) is not None]
+        shared = {v for v in values if values.count(v) > 1}
+        if shared:
+            which = "" if what == "token_sha256" else f" {sorted(shared)[0]!r}"
+            raise ValueError(f"two agents share {what}{which}; each needs its own")
     return agents
 
 

@@ -443,6 +443,8 @@ def run_collector(config: Path) -> subprocess.CompletedProcess[str]:
     ("allow_plaintext_loopback: true\nchecks:\n  - name: c\n    url: tcp://h:1\n"
      "    interval: 5s\n    timeout: 10s\n", 6, "must not exceed the interval"),
     ("allow_plaintext_loopback: true\n\tlisten: x\n", 2, "invalid YAML"),
+    ("allow_plaintext_loopback: true\nagents:\n  - {id: a, cert_cn: x}\n  - {id: b, cert_cn: x}\n",
+     2, "two agents share cert_cn 'x'"),
 ])
 def test_invalid_config_exits_2_naming_file_and_line(
         tmp_path: Path, text: str, where: int, words: str) -> None:
