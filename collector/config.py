@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from pydantic import AfterValidator, BeforeValidator, Field, FilePath, field_validator
 from pydantic import ValidationInfo as Info
 
@@ -66,6 +68,26 @@ class TLS(Strict):
     # With a client CA every agent must present a certificate it signed (mTLS); gRPC cannot
     # make the certificate optional, so token-only agents need a listener without one.
     client_ca: FilePath | None = None
+
+    @field_validator("cert", "client_ca")
+    @classmethod
+    def _certificates(cls, v: Path | None) -> Path | None:
+        # Read here so a bad file is named with its line; gRPC would only say "failed to bind".
+        if v is not None:
+            try:
+                x509.load_pem_x509_certificates(v.read_bytes())
+            except (ValueError, OSError):
+                raise ValueError(f"{v} holds no readable PEM certificate") from None
+        return v
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, v: Path) -> Path:
+        try:
+            serialization.load_pem_private_key(v.read_bytes(), password=None)
+        except (ValueError, TypeError, OSError):
+            raise ValueError(f"{v} holds no readable, unencrypted PEM private key") from None
+        return v
 
 
 class Agent(Strict):
@@ -199,8 +221,8 @@ class CollectorConfig(Strict):
     @field_validator("allow_plaintext_loopback")
     @classmethod
     def _transport(cls, v: bool, info: Info) -> bool:
-        if info.data.get("tls") is not None:
-            return v
+        if "tls" not in info.data or info.data["tls"] is not None:
+            return v  # TLS is configured, or its own error is already reported
         listen = info.data.get("listen")
         if not v:
             raise ValueError(
@@ -230,6 +252,8 @@ def load_config(path: str | Path) -> Loaded:
     path = Path(path)
     config = load(path, CollectorConfig)
     if config.agents_file is not None:
-        agents_path = path.parent / config.agents_file  # relative to the main file
-        return Loaded(config, load(agents_path, AgentsFile).agents, [path, agents_path])
+        # Relative paths are taken as given (from the working directory), as everywhere in
+        # this file and in the agent's.
+        registry = load(config.agents_file, AgentsFile)
+        return Loaded(config, registry.agents, [path, config.agents_file])
     return Loaded(config, config.agents, [path])

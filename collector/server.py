@@ -353,20 +353,7 @@ async def _watch(path: Path, loaded: Loaded, service: CollectorService,
                  len(new.config.checks))
 
 
-async def serve(path: Path, loaded: Loaded) -> int:
-    """Run until SIGTERM or SIGINT, then stop gracefully; 0 on a clean stop."""
-    config = loaded.config
-    stats = Stats()
-    sinks: list[Sink] = []
-    high_water: dict[str, int] = {}
-    results_log = None
-    if config.results_log is not None:
-        results_log = ResultsLog(path.parent / config.results_log)
-        high_water = dict(results_log.high_water)
-        sinks.append(results_log)
-    service = CollectorService(loaded, Ingest(stats, sinks, high_water), stats)
-
-    limit = config.limits.max_message_bytes
+def _grpc_server(service: CollectorService, limit: int) -> grpc.aio.Server:
     server = grpc.aio.server(options=[
         # gRPC itself drops messages far over the limit; the deserializer refuses (and
         # counts) those between the limit and this.
@@ -378,24 +365,47 @@ async def serve(path: Path, loaded: Loaded) -> int:
         ("grpc.keepalive_timeout_ms", 10_000),
     ])
     server.add_generic_rpc_handlers([service.handler()])
+    return server
+
+
+async def serve(path: Path, loaded: Loaded) -> int:
+    """Run until SIGTERM or SIGINT, then stop gracefully: 0 on a clean stop, 1 when an
+    address cannot be listened on."""
+    config = loaded.config
+    stats = Stats()
+    results_log = ResultsLog(config.results_log) if config.results_log else None
+    sinks: list[Sink] = [results_log] if results_log else []
+    high_water = dict(results_log.high_water) if results_log else {}
+    service = CollectorService(loaded, Ingest(stats, sinks, high_water), stats)
+    server = _grpc_server(service, config.limits.max_message_bytes)
     health_service = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_service, server)
     await health_service.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
 
     creds = _credentials(loaded)
+    metrics = None
+    try:
+        if creds is None:
+            server.add_insecure_port(config.listen)
+        else:
+            server.add_secure_port(config.listen, creds)
+    except RuntimeError:
+        # gRPC says only "Failed to bind"; these are the causes left after config checks.
+        log.error("cannot listen on %s: the address is in use or not local, or the TLS key "
+                  "does not match the certificate", config.listen)
+        return 1
+    if config.metrics_listen:
+        try:
+            metrics = serve_metrics(stats, *split_host_port(config.metrics_listen))
+        except OSError as exc:
+            log.error("cannot serve /metrics on %s: %s", config.metrics_listen, exc.strerror)
+            return 1
     if creds is None:
-        server.add_insecure_port(config.listen)
         log.warning(
             "WARNING: PLAINTEXT gRPC on %s: agent credentials and results travel "
             "unencrypted. Allowed only because allow_plaintext_loopback is true and the "
             "address is loopback; use tls for anything else.", config.listen)
-    else:
-        server.add_secure_port(config.listen, creds)
     await server.start()
-    metrics = None
-    if config.metrics_listen:
-        host, port = split_host_port(config.metrics_listen)
-        metrics = serve_metrics(stats, host, port)
     mode = "plaintext" if creds is None else (
         "mTLS" if config.tls and config.tls.client_ca else "TLS")
     log.info("collector listening on %s (%s), metrics on %s, %d agents, %d checks",

@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -456,6 +457,28 @@ def test_invalid_config_exits_2_naming_file_and_line(
     assert "listening" not in done.stderr
 
 
+def test_unreadable_tls_files_are_config_errors(tmp_path: Path, pki: PKI) -> None:
+    (tmp_path / "bad.pem").write_text("not a certificate\n")
+    config = tmp_path / "collector.yaml"
+    config.write_text(f"listen: 127.0.0.1:7443\ntls:\n  cert: {tmp_path}/bad.pem\n"
+                      f"  key: {pki.server.key}\n")
+    done = run_collector(config)
+    assert done.returncode == 2
+    assert f"{config}:3: tls.cert" in done.stderr and "no readable PEM" in done.stderr
+
+
+def test_a_taken_port_is_one_clear_sentence(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        config = tmp_path / "collector.yaml"
+        config.write_text(f"listen: 127.0.0.1:{taken.getsockname()[1]}\n"
+                          "allow_plaintext_loopback: true\nmetrics_listen: null\n")
+        done = run_collector(config)
+    assert done.returncode == 1
+    assert "cannot listen on 127.0.0.1:" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_the_example_config_is_valid(tmp_path: Path, pki: PKI) -> None:
     text = (ROOT / "deploy" / "collector.example.yaml").read_text()
     text = text.replace("/etc/loginprobe/collector.crt", str(pki.server.cert))
@@ -469,7 +492,7 @@ def test_the_example_config_is_valid(tmp_path: Path, pki: PKI) -> None:
 def test_invalid_agents_file_names_that_file(tmp_path: Path) -> None:
     (tmp_path / "agents.yaml").write_text("agents:\n  - id: a\n    revoked: maybe\n")
     config = tmp_path / "collector.yaml"
-    config.write_text("allow_plaintext_loopback: true\nagents_file: agents.yaml\n")
+    config.write_text(f"allow_plaintext_loopback: true\nagents_file: {tmp_path}/agents.yaml\n")
     done = run_collector(config)
     assert done.returncode == 2
     assert f"{tmp_path / 'agents.yaml'}:3:" in done.stderr, done.stderr
