@@ -22,7 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from collector.assign import assigned, changes
 from collector.auth import AuthError, Credential, credential, identify
 from collector.config import Check, Loaded, load_config, split_host_port
-from collector.exporters.prometheus import serve_metrics
+from collector.exporters.prometheus import ResultMetrics, serve_metrics
 from collector.ingest import Ingest, Refused, ResultsLog, Sink, Stats
 from loginprobe.config import ConfigError
 from loginprobe.wire import collector_pb2 as pb
@@ -374,7 +374,9 @@ async def serve(path: Path, loaded: Loaded) -> int:
     config = loaded.config
     stats = Stats()
     results_log = ResultsLog(config.results_log) if config.results_log else None
-    sinks: list[Sink] = [results_log] if results_log else []
+    result_metrics = ResultMetrics(stats)
+    # The log first: a batch it fails to write is sent again, and must not count twice.
+    sinks: list[Sink] = [*([results_log] if results_log else []), result_metrics]
     high_water = dict(results_log.high_water) if results_log else {}
     service = CollectorService(loaded, Ingest(stats, sinks, high_water), stats)
     server = _grpc_server(service, config.limits.max_message_bytes)
@@ -396,7 +398,8 @@ async def serve(path: Path, loaded: Loaded) -> int:
         return 1
     if config.metrics_listen:
         try:
-            metrics = serve_metrics(stats, *split_host_port(config.metrics_listen))
+            metrics = serve_metrics(stats, *split_host_port(config.metrics_listen),
+                                    results=result_metrics)
         except OSError as exc:
             log.error("cannot serve /metrics on %s: %s", config.metrics_listen, exc.strerror)
             return 1
