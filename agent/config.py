@@ -1,8 +1,10 @@
-"""The agent's config file: where the collector is and how to prove who we are, the path's
-labels, local checks, password sources, the spool's limits and the local metrics address."""
+"""The agent's config file: where the collector is and how to prove who we are, the agent's
+labels and network paths, local checks, password sources, the spool's limits and the local
+metrics address."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -38,6 +40,15 @@ def _env_is_set(name: str | None) -> str | None:
     if name is not None and name not in os.environ:
         raise ValueError(f"the environment variable {name} is not set")
     return name
+
+
+def _resolver_address(v: str | None) -> str | None:
+    if v is not None:
+        try:
+            parse_resolver(v)
+        except UsageError as exc:
+            raise ValueError(str(exc).removeprefix("--resolver ")) from None
+    return v
 
 
 class TLS(Strict):
@@ -107,16 +118,42 @@ class Collector(Strict):
 
 
 class Labels(BaseModel):
-    """The network path this agent measures; more labels than these three are allowed."""
+    """Labels of the agent, or of one path (where set, a path's win over the agent's); more
+    labels than these are allowed and travel with every result."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
     __pydantic_extra__: dict[str, str] = Field(init=False)
     region: str = ""
     carrier: str = ""
-    network_type: Literal["wifi", "cellular", "wired", "unknown"] = "unknown"
+    # None: detected per path from the interface (agent/netinfo.py), "unknown" if it cannot.
+    network_type: Literal["wifi", "cellular", "wired", "unknown"] | None = None
+    asn: int | None = Field(default=None, ge=0, lt=2**32)
 
     def as_dict(self) -> dict[str, str]:
-        return {k: str(v) for k, v in self.model_dump().items()}
+        """The labels that are set, as strings (an empty region is as good as none)."""
+        return {k: str(v) for k, v in self.model_dump().items() if v not in (None, "")}
+
+
+class NetworkPath(Strict):
+    """One way out of this machine: every check runs on every path at the same moment."""
+
+    name: str = Field(min_length=1, max_length=64)
+    interface: str | None = Field(default=None, min_length=1, max_length=15)  # IFNAMSIZ - 1
+    source_address: str | None = None
+    resolver: str | None = None  # this path's DNS server; a check's own resolver wins
+    labels: Labels = Labels()
+
+    @field_validator("source_address")
+    @classmethod
+    def _address(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                ipaddress.ip_address(v)
+            except ValueError:
+                raise ValueError(f"{v!r} is not an IP address") from None
+        return v
+
+    _resolver = field_validator("resolver")(_resolver_address)
 
 
 class PasswordSource(Strict):
@@ -187,15 +224,7 @@ class Check(Strict):
             raise ValueError(f"{url} logs in as a user: set password_env or password_file")
         return v
 
-    @field_validator("resolver")
-    @classmethod
-    def _resolver(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                parse_resolver(v)
-            except UsageError as exc:
-                raise ValueError(str(exc).removeprefix("--resolver ")) from None
-        return v
+    _resolver = field_validator("resolver")(_resolver_address)
 
     @property
     def effective_timeout(self) -> float:
@@ -215,6 +244,8 @@ class Spool(Strict):
 class AgentConfig(Strict):
     collector: Collector
     labels: Labels = Labels()
+    # No paths: one path the way the system routes, as before paths existed.
+    paths: list[NetworkPath] = []
     checks: list[Check] = []
     # password_ref of an assigned check -> where this agent finds that password.
     passwords: dict[str, PasswordSource] = {}
@@ -230,6 +261,16 @@ class AgentConfig(Strict):
             if c.name in seen:
                 raise ValueError(f"two checks are named {c.name!r}; names must be unique")
             seen.add(c.name)
+        return v
+
+    @field_validator("paths")
+    @classmethod
+    def _distinct_paths(cls, v: list[NetworkPath]) -> list[NetworkPath]:
+        seen: set[str] = set()
+        for p in v:
+            if p.name in seen:
+                raise ValueError(f"two paths are named {p.name!r}; names must be unique")
+            seen.add(p.name)
         return v
 
     @field_validator("listen")

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from agent.config import AgentConfig, load_config
 from agent.health import AgentMetrics, serve
+from agent.paths import ProbePath
 from agent.scheduler import LOCAL, CheckSpec, Scheduler
 from agent.spool import Spool, SpoolError
 from agent.uplink import FatalError, Uplink, encode
@@ -48,7 +49,7 @@ async def _agent(cfg: AgentConfig) -> int:
         return _fatal(str(exc))
     scheduler = Scheduler(
         sink=lambda report: spool.append(partial(encode, report)),
-        labels=cfg.labels.as_dict(), concurrency=cfg.concurrency,
+        paths=ProbePath.from_config(cfg), concurrency=cfg.concurrency,
     )
     uplink = Uplink(cfg, spool, scheduler)
     if cfg.listen:

@@ -8,9 +8,11 @@ import os
 import shutil
 import socket
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+# Re-exported: the agent learns it here; the Result that carries it lives in the kernel.
+from loginprobe.result import NetworkContext as NetworkContext
 
 NetworkType = Literal["wifi", "cellular", "wired", "unknown"]
 NETWORK_TYPES: tuple[NetworkType, ...] = ("wifi", "cellular", "wired", "unknown")
@@ -45,18 +47,6 @@ MODEM_DRIVERS = frozenset(
 )
 # Names the modem drivers give their netdevs (wwan framework, Qualcomm rmnet, MediaTek ccmni).
 MODEM_NAME_PREFIXES = ("wwan", "rmnet", "ccmni")
-
-
-@dataclass(frozen=True)
-class NetworkContext:
-    """What an agent records about a path with every result."""
-
-    network_type: NetworkType
-    ssid: str | None = None
-    signal_dbm: float | None = None
-    source_address: str | None = None
-    carrier: str = ""
-    asn: int | None = None
 
 
 def _read(path: Path) -> str | None:
@@ -199,6 +189,7 @@ def network_context(
     bind_address: str | None = None,
     carrier: str = "",
     asn: int | None = None,
+    path: str = "",
     sysfs: Path = Path("/sys"),
     proc: Path = Path("/proc"),
 ) -> NetworkContext:
@@ -212,4 +203,6 @@ def network_context(
         source_address=source_address(target, interface, bind_address) if target else None,
         carrier=carrier,
         asn=asn,
+        path=path,
+        interface=interface,
     )

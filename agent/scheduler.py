@@ -1,5 +1,6 @@
 """Runs every check on its interval, each at its own hashed offset so a thousand checks do not
-fire at once, under one concurrency limit, and hands each Result on as a Report."""
+fire at once, on every network path at the same moment, under one concurrency limit, and
+hands each Result on as a Report."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import hashlib
 import logging
 import math
 import os
-from collections.abc import Awaitable, Callable, Iterable
+import random
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from agent import config
+from agent.paths import ProbePath
 from agent.probes import ProbeOptions, run_check
 from loginprobe.cli import UsageError, parse_resolver
 from loginprobe.codec import Report
@@ -90,11 +93,13 @@ def first_offset(salt: bytes, name: str, interval: float) -> float:
 
 class Scheduler:
     def __init__(
-        self, sink: Sink, labels: dict[str, str], concurrency: int,
+        self, sink: Sink, paths: Sequence[ProbePath], concurrency: int,
         probe: Probe = run_check, salt: bytes | None = None,
     ) -> None:
+        if not paths:
+            raise ValueError("the scheduler needs at least one network path")
         self._sink = sink
-        self._labels = labels
+        self._paths = list(paths)
         self._probe = probe
         self._salt = os.urandom(8) if salt is None else salt
         self._slots = asyncio.Semaphore(concurrency)
@@ -173,19 +178,30 @@ class Scheduler:
                 next_at += math.ceil((loop.time() - next_at) / spec.interval) * spec.interval
 
     async def _run(self, spec: CheckSpec) -> None:
+        """One run of a check: an attempt on every path at once, so the paths' samples are
+        paired (same moment, same server load). The order is shuffled on each run: the
+        attempt started first on the event loop must not always be the same path's."""
+        options = spec.options()
+        paths = random.sample(self._paths, len(self._paths))
+        await asyncio.gather(*(self._attempt(spec, options, path) for path in paths))
+
+    async def _attempt(self, spec: CheckSpec, options: ProbeOptions, path: ProbePath) -> None:
         async with self._slots:
             if self._stopping:  # queued, not started: nothing is lost by not starting
                 return
             self.in_flight += 1
             try:
-                result = await self._probe(spec.target, spec.options())
+                result = await self._probe(spec.target, path.options(options))
             finally:
                 self.in_flight -= 1
-        report = Report(
-            result=result, seq=0, check=spec.name, trace_id=os.urandom(16),
-            clock_offset_ns=self.clock_offset_ns, labels=self._labels,
-        )
         try:
+            result.network = await path.context(result.resolved_address)
+            report = Report(
+                result=result, seq=0, check=spec.name, trace_id=os.urandom(16),
+                clock_offset_ns=self.clock_offset_ns,
+                labels=path.result_labels(result.network),
+            )
             await self._sink(report)
         except Exception:  # a spool failure must not end the schedule
-            log.exception("check %s: could not store its result", spec.name)
+            log.exception("check %s on path %s: could not store its result", spec.name,
+                          path.name)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from loginprobe.reasons import Reason
-from loginprobe.result import DNSInfo, Phase, Result, TLSInfo
+from loginprobe.result import DNSInfo, NetworkContext, Phase, Result, TLSInfo
 from loginprobe.wire import collector_pb2 as pb
 
 
@@ -81,6 +81,20 @@ def to_wire(report: Report) -> pb.ProbeResult:
                 resolver=d.resolver,
             )
         )
+    if r.network:
+        n = r.network
+        msg.network.CopyFrom(
+            pb.NetworkContext(
+                path=n.path,
+                interface=n.interface or "",
+                network_type=n.network_type,
+                ssid=n.ssid or "",
+                signal_dbm=n.signal_dbm,
+                source_address=n.source_address or "",
+                carrier=n.carrier,
+                asn=n.asn,
+            )
+        )
     return msg
 
 
@@ -139,6 +153,19 @@ def from_wire(msg: pb.ProbeResult) -> Report:
             srv=d.srv or None,
             resolver=d.resolver,
         )
+    network = None
+    if msg.HasField("network"):
+        n = msg.network
+        network = NetworkContext(
+            network_type=n.network_type,
+            ssid=n.ssid or None,
+            signal_dbm=n.signal_dbm if n.HasField("signal_dbm") else None,
+            source_address=n.source_address or None,
+            carrier=n.carrier,
+            asn=n.asn if n.HasField("asn") else None,
+            path=n.path,
+            interface=n.interface or None,
+        )
     result = Result(
         url=msg.url,
         protocol=msg.protocol,
@@ -161,6 +188,7 @@ def from_wire(msg: pb.ProbeResult) -> Report:
         resolved_address=msg.resolved_address or None,
         tls=tls,
         dns=dns,
+        network=network,
     )
     return Report(
         result=result,

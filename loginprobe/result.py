@@ -86,6 +86,32 @@ class DNSInfo:
         }
 
 
+@dataclass(frozen=True)
+class NetworkContext:
+    """The network path an attempt ran on, as the agent knew it (agent/netinfo.py learns it)."""
+
+    network_type: str  # wifi, cellular, wired, unknown
+    ssid: str | None = None
+    signal_dbm: float | None = None
+    source_address: str | None = None  # the local address; behind NAT not the public one
+    carrier: str = ""
+    asn: int | None = None
+    path: str = ""  # the path's name in the agent's config
+    interface: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "interface": self.interface,
+            "network_type": self.network_type,
+            "ssid": self.ssid,
+            "signal_dbm": self.signal_dbm,
+            "source_address": self.source_address,
+            "carrier": self.carrier,
+            "asn": self.asn,
+        }
+
+
 @dataclass
 class TranscriptLine:
     offset_ns: int
@@ -110,6 +136,7 @@ class Result:
     tls: TLSInfo | None = None
     dns: DNSInfo | None = None
     transcript: list[TranscriptLine] = field(default_factory=list)
+    network: NetworkContext | None = None  # set by the agent, per path
 
     @property
     def hint(self) -> str:
@@ -131,6 +158,8 @@ class Result:
             "tls": self.tls.to_dict() if self.tls else None,
             "dns": self.dns.to_dict() if self.dns else None,
         }
+        if self.network is not None:
+            out["network"] = self.network.to_dict()
         if transcript:
             out["transcript"] = [line.to_dict() for line in self.transcript]
         return out

@@ -14,6 +14,7 @@ import pytest
 
 from agent.backoff import Backoff
 from agent.config import AgentConfig, load_config
+from agent.paths import ProbePath
 from agent.probes import ProbeOptions
 from agent.scheduler import ASSIGNED, LOCAL, CheckSpec, Scheduler, first_offset
 from loginprobe.codec import Report
@@ -194,7 +195,8 @@ class Recorder:
 async def test_1000_scheduled_checks_first_run_at_their_spread_offsets() -> None:
     rec = Recorder()
     salt = b"fixed"
-    sched = Scheduler(rec.sink, {"region": "eu"}, concurrency=1000, probe=rec.probe, salt=salt)
+    sched = Scheduler(rec.sink, [ProbePath("default", labels={"region": "eu"})],
+                      concurrency=1000, probe=rec.probe, salt=salt)
     epoch = asyncio.get_running_loop().time()
     interval = 3.0
     # One port per check, so each start can be matched to its check by URL.
@@ -217,7 +219,7 @@ async def test_1000_scheduled_checks_first_run_at_their_spread_offsets() -> None
 
 async def test_concurrency_limit_holds_and_runs_that_cannot_start_are_skipped() -> None:
     rec = Recorder(hold=0.3)
-    sched = Scheduler(rec.sink, {}, concurrency=3, probe=rec.probe)
+    sched = Scheduler(rec.sink, [ProbePath("default")], concurrency=3, probe=rec.probe)
     sched.replace(LOCAL, [spec(f"c{i}", 0.5) for i in range(20)])
     await asyncio.sleep(2.0)
     await sched.stop()
@@ -228,7 +230,8 @@ async def test_concurrency_limit_holds_and_runs_that_cannot_start_are_skipped() 
 async def test_reload_keeps_unchanged_checks_and_never_loses_a_run_in_flight() -> None:
     rec = Recorder()
     rec.gate = asyncio.Event()
-    sched = Scheduler(rec.sink, {"region": "eu"}, concurrency=10, probe=rec.probe)
+    sched = Scheduler(rec.sink, [ProbePath("default", labels={"region": "eu"})],
+                      concurrency=10, probe=rec.probe)
     sched.replace(ASSIGNED, [spec("a", 0.2), spec("b", 0.2)])
     await asyncio.sleep(0.45)  # both have started once and are held in flight
     assert {url for url, _ in rec.started} == {"tcp://127.0.0.1:9"}
@@ -247,14 +250,15 @@ async def test_reload_keeps_unchanged_checks_and_never_loses_a_run_in_flight() -
     assert [r.check for r in rec.reports].count("b") == before  # and b never ran again
     assert {"a", "c"} <= {r.check for r in rec.reports}
     r = rec.reports[0]
-    assert r.seq == 0 and len(r.trace_id) == 16 and r.labels == {"region": "eu"}
+    assert r.seq == 0 and len(r.trace_id) == 16
+    assert r.labels == {"region": "eu", "carrier": "", "path": "default", "network_type": "unknown"}
     assert len({x.trace_id for x in rec.reports}) == len(rec.reports)
 
 
 async def test_stop_lets_probes_in_flight_finish_and_starts_none_queued() -> None:
     rec = Recorder()
     rec.gate = asyncio.Event()
-    sched = Scheduler(rec.sink, {}, concurrency=2, probe=rec.probe)
+    sched = Scheduler(rec.sink, [ProbePath("default")], concurrency=2, probe=rec.probe)
     sched.replace(LOCAL, [spec(f"c{i}", 0.3) for i in range(6)])
     await asyncio.sleep(0.4)  # all six due: two hold the slots, four queue for one
     assert sched.in_flight == 2
@@ -288,7 +292,7 @@ async def test_a_real_probe_is_bounded_by_its_checks_timeout(stall_port: int) ->
         reports.append(report)
         arrived.set()
 
-    sched = Scheduler(sink, {}, concurrency=4)
+    sched = Scheduler(sink, [ProbePath("default")], concurrency=4)
     s = CheckSpec.build("stall", f"tls://127.0.0.1:{stall_port}", 1.0, 0.4)
     sched.replace(LOCAL, [s])
     await asyncio.wait_for(arrived.wait(), 5)

@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 
 from agent.config import AgentConfig
+from agent.paths import ProbePath
 from agent.scheduler import Scheduler
 from agent.spool import Spool
 from agent.uplink import Uplink, encode
@@ -102,7 +103,7 @@ async def rig(tmp_path: Path, stub: Stub, spooled: int) -> AsyncIterator[Rig]:
     for _ in range(spooled):  # what an outage left behind
         await spool.append(partial(encode, old_report()))
     scheduler = Scheduler(lambda r: spool.append(partial(encode, r)),
-                          cfg.labels.as_dict(), concurrency=4)
+                          ProbePath.from_config(cfg), concurrency=4)
     uplink = Uplink(cfg, spool, scheduler)
     task = asyncio.create_task(uplink.run())
     try:
@@ -126,8 +127,7 @@ async def test_replay_skips_what_was_processed_and_keeps_to_the_batch_limit(
         assert all(len(b) <= 7 for b in r.stub.batches)
         hello = r.stub.hello
         assert hello is not None and hello.last_acked_seq == 0
-        assert dict(hello.labels) == {"region": "eu-west", "carrier": "",
-                                      "network_type": "wifi"}
+        assert dict(hello.labels) == {"region": "eu-west", "network_type": "wifi"}
         await r.until(lambda: r.spool.acked_seq >= 50)
 
 

@@ -208,11 +208,16 @@ def test_network_context(sysfs: Path, tmp_path: Path, monkeypatch: pytest.Monkey
         signal_dbm=-61.0,
         carrier="Example Telecom",
         asn=64500,
+        interface="wlan0",
     )
     # The fake tree's interfaces do not exist here; lo does, so the address comes through.
     wired = network_context("lo", configured_type="wired", target="127.0.0.1", sysfs=sysfs)
-    assert wired == NetworkContext(network_type="wired", source_address="127.0.0.1")
+    assert wired == NetworkContext(
+        network_type="wired", source_address="127.0.0.1", interface="lo"
+    )
     modem = network_context("wwan0", carrier="Example Mobile", sysfs=sysfs)
-    assert modem == NetworkContext(network_type="cellular", carrier="Example Mobile")
+    assert modem == NetworkContext(
+        network_type="cellular", carrier="Example Mobile", interface="wwan0"
+    )
     # A configured type wins over detection; no WiFi link is looked up for a non-WiFi type.
     assert network_context("wlan0", configured_type="wired", sysfs=sysfs).ssid is None

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import socket
 from pathlib import Path
+from typing import Any
 
+import dns._asyncbackend
+import dns._asyncio_backend
 import dns.asyncresolver
 import dns.exception
 import dns.rdatatype
@@ -34,6 +38,54 @@ def _hosts_lookup(name: str) -> list[str]:
     return found
 
 
+class _BoundBackend(dns._asyncio_backend.Backend):
+    """dnspython's asyncio backend with its sockets bound to one interface: a path's DNS
+    queries (a carrier's resolver often answers its own customers only) must leave by that
+    path too, not by the default route. dnspython has no option for this; its own socket
+    wrappers are reused so that only socket creation differs."""
+
+    def __init__(self, interface: str) -> None:
+        super().__init__()
+        self.interface = interface
+
+    async def make_socket(
+        self, af: int, socktype: int, proto: int = 0, source: Any = None,
+        destination: Any = None, timeout: float | None = None,  # noqa: ASYNC109 (dnspython's)
+        *_: Any, **__: Any,
+    ) -> dns._asyncbackend.Socket:
+        sock = socket.socket(af, socktype, proto)
+        try:
+            sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.interface.encode() + b"\0"
+            )
+            sock.setblocking(False)
+            if source:
+                sock.bind(source)
+            loop = asyncio.get_running_loop()
+            if socktype == socket.SOCK_DGRAM:
+                transport, protocol = await loop.create_datagram_endpoint(
+                    dns._asyncio_backend._DatagramProtocol, sock=sock
+                )
+                return dns._asyncio_backend._DatagramSocket(  # type: ignore[no-untyped-call]
+                    af, transport, protocol
+                )
+            await dns._asyncio_backend._maybe_wait_for(  # type: ignore[no-untyped-call]
+                loop.sock_connect(sock, destination), timeout
+            )
+            reader, writer = await asyncio.open_connection(sock=sock)
+            return dns._asyncio_backend._StreamSocket(  # type: ignore[no-untyped-call]
+                af, reader, writer
+            )
+        except BaseException:
+            sock.close()
+            raise
+
+
+def _backend(attempt: Attempt) -> dns._asyncbackend.Backend | None:
+    interface = attempt.options.interface
+    return _BoundBackend(interface) if interface else None
+
+
 def _resolver(attempt: Attempt) -> dns.asyncresolver.Resolver:
     if attempt.options.resolver is None:
         try:
@@ -50,11 +102,15 @@ def _resolver(attempt: Attempt) -> dns.asyncresolver.Resolver:
 
 
 async def _query(
-    res: dns.asyncresolver.Resolver, name: str, rdtype: str, lifetime: float
+    attempt: Attempt, res: dns.asyncresolver.Resolver, name: str, rdtype: str, lifetime: float
 ) -> dns.rrset.RRset | None:
-    """One query, its failure turned into a reason; None for 'exists but no such record'."""
+    """One query on the attempt's path, its failure turned into a reason; None for 'exists
+    but no such record'."""
     try:
-        answer = await res.resolve(name, rdtype, lifetime=lifetime, search=False)
+        answer = await res.resolve(
+            name, rdtype, lifetime=lifetime, search=False,
+            source=attempt.options.source_address, backend=_backend(attempt),
+        )
     except dns.resolver.NXDOMAIN:
         raise ProbeFailure(
             Reason.DNS_NXDOMAIN, f"{name}: NXDOMAIN (the name does not exist)"
@@ -79,7 +135,7 @@ async def resolve_srv(attempt: Attempt, srv_name: str) -> tuple[str, int] | None
     """The preferred (host, port) of an SRV record, or None when there is none to follow."""
     res = _resolver(attempt)
     try:
-        rrset = await _query(res, srv_name, "SRV", _lifetime(attempt))
+        rrset = await _query(attempt, res, srv_name, "SRV", _lifetime(attempt))
     except ProbeFailure as failure:
         if failure.reason is Reason.DNS_NXDOMAIN:
             attempt.note("*", f"DNS {srv_name} SRV: NXDOMAIN, falling back to the domain")
@@ -121,8 +177,8 @@ async def resolve_addresses(attempt: Attempt, host: str) -> list[str]:
     res = _resolver(attempt)
     lifetime = _lifetime(attempt)
     results = await asyncio.gather(
-        _query(res, host, "A", lifetime),
-        _query(res, host, "AAAA", lifetime),
+        _query(attempt, res, host, "A", lifetime),
+        _query(attempt, res, host, "AAAA", lifetime),
         return_exceptions=True,
     )
     addresses: list[str] = []

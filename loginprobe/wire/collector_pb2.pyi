@@ -124,7 +124,7 @@ class Ack(_message.Message):
     def __init__(self, seq: _Optional[int] = ...) -> None: ...
 
 class ProbeResult(_message.Message):
-    __slots__ = ("seq", "check", "url", "protocol", "success", "reason", "step", "message", "hint", "started_at_unix_nano", "duration_ns", "resolved_address", "phases", "tls", "dns", "trace_id", "clock_offset_ns", "labels")
+    __slots__ = ("seq", "check", "url", "protocol", "success", "reason", "step", "message", "hint", "started_at_unix_nano", "duration_ns", "resolved_address", "phases", "tls", "dns", "trace_id", "clock_offset_ns", "labels", "network")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -150,6 +150,7 @@ class ProbeResult(_message.Message):
     TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     CLOCK_OFFSET_NS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
     seq: int
     check: str
     url: str
@@ -168,7 +169,28 @@ class ProbeResult(_message.Message):
     trace_id: bytes
     clock_offset_ns: int
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, seq: _Optional[int] = ..., check: _Optional[str] = ..., url: _Optional[str] = ..., protocol: _Optional[str] = ..., success: _Optional[bool] = ..., reason: _Optional[str] = ..., step: _Optional[str] = ..., message: _Optional[str] = ..., hint: _Optional[str] = ..., started_at_unix_nano: _Optional[int] = ..., duration_ns: _Optional[int] = ..., resolved_address: _Optional[str] = ..., phases: _Optional[_Iterable[_Union[Phase, _Mapping]]] = ..., tls: _Optional[_Union[TLSInfo, _Mapping]] = ..., dns: _Optional[_Union[DNSInfo, _Mapping]] = ..., trace_id: _Optional[bytes] = ..., clock_offset_ns: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    network: NetworkContext
+    def __init__(self, seq: _Optional[int] = ..., check: _Optional[str] = ..., url: _Optional[str] = ..., protocol: _Optional[str] = ..., success: _Optional[bool] = ..., reason: _Optional[str] = ..., step: _Optional[str] = ..., message: _Optional[str] = ..., hint: _Optional[str] = ..., started_at_unix_nano: _Optional[int] = ..., duration_ns: _Optional[int] = ..., resolved_address: _Optional[str] = ..., phases: _Optional[_Iterable[_Union[Phase, _Mapping]]] = ..., tls: _Optional[_Union[TLSInfo, _Mapping]] = ..., dns: _Optional[_Union[DNSInfo, _Mapping]] = ..., trace_id: _Optional[bytes] = ..., clock_offset_ns: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., network: _Optional[_Union[NetworkContext, _Mapping]] = ...) -> None: ...
+
+class NetworkContext(_message.Message):
+    __slots__ = ("path", "interface", "network_type", "ssid", "signal_dbm", "source_address", "carrier", "asn")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    INTERFACE_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_TYPE_FIELD_NUMBER: _ClassVar[int]
+    SSID_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_DBM_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    CARRIER_FIELD_NUMBER: _ClassVar[int]
+    ASN_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    interface: str
+    network_type: str
+    ssid: str
+    signal_dbm: float
+    source_address: str
+    carrier: str
+    asn: int
+    def __init__(self, path: _Optional[str] = ..., interface: _Optional[str] = ..., network_type: _Optional[str] = ..., ssid: _Optional[str] = ..., signal_dbm: _Optional[float] = ..., source_address: _Optional[str] = ..., carrier: _Optional[str] = ..., asn: _Optional[int] = ...) -> None: ...
 
 class Phase(_message.Message):
     __slots__ = ("name", "ok", "start_offset_ns", "duration_ns", "skipped", "message")
