@@ -238,6 +238,13 @@ async def _load(args: argparse.Namespace, tokens: list[str], ca: bytes | None) -
 # ---- the orchestrator ------------------------------------------------------------------
 
 
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--streams", type=int, default=1000)
@@ -320,6 +327,7 @@ def main() -> int:
             f"collector on CPU {COLLECTOR_CPU}, load generator on CPU {LOAD_CPU}"
         )
         cpu: list[float] = []
+        rss_kib = 0
         walls: list[float] = []
         done: dict[str, Any] = {}
         try:
@@ -334,6 +342,7 @@ def main() -> int:
                     elif event["event"] == "window":
                         cpu.append(process_cpu_seconds(collector.pid))
                         walls.append(time.monotonic())
+                        rss_kib = _rss_kib(collector.pid)
                     else:
                         done = event
             if load.returncode != 0 or not done:
@@ -353,6 +362,7 @@ def main() -> int:
         print(f"batch sent -> acked p50   {done['sent_p50'] * 1000:10.1f} ms")
         print(f"batch sent -> acked p99   {done['sent_p99'] * 1000:10.1f} ms")
         print(f"batches acked             {done['batches']:10,}   results {done['acked_total']:,}")
+        print(f"collector resident memory {rss_kib / 1024:10.0f} MiB")
         if done["errors"]:
             print("stream errors:", *done["errors"], sep="\n  ")
         if status != 0:

@@ -101,6 +101,7 @@ class Session:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one writer at a time
     kicked: tuple[grpc.StatusCode, str] | None = None
     idle: bool = False  # waiting for a batch: nothing is half done
+    ending: bool = False  # the kick's status is being sent
 
     @property
     def labels(self) -> dict[str, str]:
@@ -185,7 +186,11 @@ class CollectorService:
             log.warning("refused a message from agent %s (%s): %s", agent.id, exc.reason, exc)
             await context.abort(exc.code, str(exc))
         except asyncio.CancelledError:
-            if session is not None and session.kicked is not None:
+            # A kick cancels an idle handler; turn that into the kick's status. A handler
+            # cancelled while it was already sending that status (gRPC's grace ran out)
+            # must not send it twice.
+            if session is not None and session.kicked is not None and not session.ending:
+                session.ending = True
                 await context.abort(*session.kicked)
             raise
         finally:
@@ -217,6 +222,7 @@ class CollectorService:
         max_results, max_bytes = self.limits.max_batch_results, self.limits.max_message_bytes
         while True:
             if session.kicked is not None:
+                session.ending = True
                 await context.abort(*session.kicked)
             session.idle = True
             msg = await context.read()
