@@ -6,6 +6,11 @@ to acknowledged.
     python3 -m bench.collector_ingest                       # 1,000 streams, 50,000 results/s
     python3 -m bench.collector_ingest --rate 80000 --flush 0.25 --plaintext
     python3 -m bench.collector_ingest --results-log          # with the JSONL sink (decodes all)
+    python3 -m bench.collector_ingest --metrics              # with /metrics and result metrics
+
+By default the collector runs without /metrics, so the figure is ingest alone (validate,
+dedupe, count, acknowledge); --metrics adds the exporter that turns every result into the
+contract's Prometheus series.
 
 Each stream produces results evenly at rate/streams per second and sends what it has every
 --flush seconds (streams staggered over the interval, as a fleet would be). A result's
@@ -254,6 +259,7 @@ def main() -> int:
     p.add_argument("--connect-time", type=float, default=30.0)
     p.add_argument("--plaintext", action="store_true", help="plaintext loopback instead of TLS")
     p.add_argument("--results-log", action="store_true", help="with the JSONL results sink")
+    p.add_argument("--metrics", action="store_true", help="with /metrics (result metrics)")
     # Internal: the load generator's side.
     p.add_argument("--load", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--address", help=argparse.SUPPRESS)
@@ -291,6 +297,8 @@ def main() -> int:
         )
         if not args.results_log:
             del config["results_log"]
+        if not args.metrics:
+            config["metrics_listen"] = None
         collector = Collector(folder / "collector", config, pki)
         collector.start_healthy(timeout=60, cpu=COLLECTOR_CPU)
         argv = [
@@ -323,7 +331,8 @@ def main() -> int:
             f"# {args.streams} streams over {'plaintext' if args.plaintext else 'TLS'}, "
             f"{args.rate:,.0f} results/s offered, a batch every {args.flush:g}s per stream "
             f"(~{args.rate * args.flush / args.streams:.0f} results), "
-            f"{args.duration:g}s window, results log {'on' if args.results_log else 'off'}; "
+            f"{args.duration:g}s window, results log {'on' if args.results_log else 'off'}, "
+            f"metrics {'on' if args.metrics else 'off'}; "
             f"collector on CPU {COLLECTOR_CPU}, load generator on CPU {LOAD_CPU}"
         )
         cpu: list[float] = []

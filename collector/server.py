@@ -380,9 +380,10 @@ async def serve(path: Path, loaded: Loaded) -> int:
     config = loaded.config
     stats = Stats()
     results_log = ResultsLog(config.results_log) if config.results_log else None
-    result_metrics = ResultMetrics(stats)
+    # ~20-30 µs a result: paid only when there is a /metrics to read them from.
+    result_metrics = ResultMetrics(stats) if config.metrics_listen else None
     # The log first: a batch it fails to write is sent again, and must not count twice.
-    sinks: list[Sink] = [*([results_log] if results_log else []), result_metrics]
+    sinks: list[Sink] = [s for s in (results_log, result_metrics) if s is not None]
     high_water = dict(results_log.high_water) if results_log else {}
     service = CollectorService(loaded, Ingest(stats, sinks, high_water), stats)
     server = _grpc_server(service, config.limits.max_message_bytes)
