@@ -141,7 +141,12 @@ def worker_loginprobe(spec: dict[str, Any]) -> dict[str, Any]:
 
     async def one() -> str | None:
         result = await run_check(target, options)
-        return None if result.success else f"{result.reason}: {result.message}"
+        if result.success:
+            return None
+        # The last event before the failure says where a phase-less timeout was waiting.
+        events = [line.text for line in result.transcript if line.direction == "*"]
+        before = events[-2] if len(events) > 1 else "nothing"
+        return f"{result.reason}: {result.message} (after: {before[:60]})"
 
     async def main() -> dict[str, Any]:
         return await measured(spec["attempts"], spec["concurrency"], one)
