@@ -48,6 +48,7 @@ class Agent(Proc):
         client: CertPair | None = None, checks: list[dict[str, Any]] | None = None,
         labels: dict[str, str] | None = None, spool: dict[str, Any] | None = None,
         passwords: dict[str, dict[str, str]] | None = None,
+        paths: list[dict[str, Any]] | None = None,
     ) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         super().__init__("agent", folder / "agent.yaml")
@@ -67,6 +68,7 @@ class Agent(Proc):
         write_yaml(self.config, {
             "collector": link,
             "labels": labels or {"region": "eu-west", "network_type": "wired"},
+            **({"paths": paths} if paths else {}),
             "checks": checks or [],
             "passwords": passwords or {},
             "spool": {"path": str(self.spool_path), **(spool or {})},

@@ -172,9 +172,11 @@ def _mqtt_connect_packet(user: str, password: str) -> bytes:
             return b"\x10" + remaining + body
 
 
-def mqtt_connack(port: int, user: str, password: str, timeout: float = 2.0) -> bytes:
+def mqtt_connack(
+    port: int, user: str, password: str, timeout: float = 2.0, host: str = "127.0.0.1"
+) -> bytes:
     """Sends a CONNECT over plain TCP and returns the CONNACK bytes (b"" if closed)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+    with socket.create_connection((host, port), timeout=timeout) as sock:
         sock.sendall(_mqtt_connect_packet(user, password))
         answer = b""
         while len(answer) < 4:

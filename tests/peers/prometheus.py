@@ -1,0 +1,84 @@
+"""A real Prometheus (the Debian package) scraping given /metrics addresses, for tests."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+START_TIMEOUT = 20.0
+
+
+class PrometheusError(RuntimeError):
+    """Prometheus is missing or did not come up."""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def prometheus(folder: Path, targets: list[str], interval: str = "1s") -> Iterator[str]:
+    """Yields the base URL of a Prometheus on 127.0.0.1 scraping targets (HOST:PORT) every
+    interval; stopped, with its data in folder, on exit."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        raise PrometheusError("prometheus not found: install the Debian package prometheus")
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "prometheus.yml"
+    config.write_text(json.dumps({  # JSON is YAML
+        "global": {"scrape_interval": interval, "scrape_timeout": interval},
+        "scrape_configs": [{"job_name": "loginprobe", "static_configs": [{"targets": targets}]}],
+    }))
+    for _ in range(3):  # another process may take the port between picking and binding
+        url = f"http://127.0.0.1:{_free_port()}"
+        log = folder / "prometheus.log"
+        with log.open("w") as out:
+            proc = subprocess.Popen(
+                [binary, f"--config.file={config}", f"--storage.tsdb.path={folder / 'tsdb'}",
+                 f"--web.listen-address={url.removeprefix('http://')}"],
+                stdout=out, stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + START_TIMEOUT
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.1)
+        if proc.poll() is None and time.monotonic() < deadline:
+            break
+        proc.kill()
+        proc.wait()
+        if "address already in use" not in log.read_text():
+            raise PrometheusError(f"prometheus did not start:\n{log.read_text()[-3000:]}")
+    else:
+        raise PrometheusError("prometheus found no free port in three tries")
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def query(url: str, expr: str) -> list[tuple[dict[str, str], float]]:
+    """An instant query now: (labels, value) per series."""
+    body = urllib.parse.urlencode({"query": expr}).encode()
+    with urllib.request.urlopen(f"{url}/api/v1/query", data=body, timeout=10) as resp:
+        answer: dict[str, Any] = json.load(resp)
+    return [(item["metric"], float(item["value"][1])) for item in answer["data"]["result"]]
