@@ -47,9 +47,15 @@ async def _agent(cfg: AgentConfig) -> int:
         await spool.open()
     except SpoolError as exc:
         return _fatal(str(exc))
+    paths = ProbePath.from_config(cfg)
+    for p in paths:
+        log.info("path %s: interface %s, source address %s, resolver %s, network_type %s",
+                 p.name, p.interface or "any", p.source_address or "any",
+                 "{}:{}".format(*p.resolver) if p.resolver else "the check's or the system's",
+                 p.network_type or "detected")
     scheduler = Scheduler(
         sink=lambda report: spool.append(partial(encode, report)),
-        paths=ProbePath.from_config(cfg), concurrency=cfg.concurrency,
+        paths=paths, concurrency=cfg.concurrency,
     )
     uplink = Uplink(cfg, spool, scheduler)
     if cfg.listen:
