@@ -3,53 +3,18 @@ registry of known agents, the checks it assigns by label selector, and its limit
 
 from __future__ import annotations
 
-import ipaddress
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from pydantic import AfterValidator, BeforeValidator, Field, FilePath, field_validator
+from pydantic import AfterValidator, Field, FilePath, field_validator
 from pydantic import ValidationInfo as Info
 
 from loginprobe.cli import UsageError, parse_resolver
-from loginprobe.config import Strict, load
+from loginprobe.config import Seconds, Strict, is_loopback, load, split_host_port
 from loginprobe.target import TargetError, parse_target
-
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
-
-
-def _seconds(value: object) -> object:
-    """30, "30s", "5m", "1h", "500ms" (the same forms as the agent's config)."""
-    if isinstance(value, str):
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", value)
-        if not m:
-            raise ValueError("expected a duration such as 30, 30s, 5m, 1h or 500ms")
-        return float(m[1]) * _UNITS[m[2] or "s"]
-    return value
-
-
-Seconds = Annotated[float, BeforeValidator(_seconds), Field(gt=0)]
-
-
-def split_host_port(text: str) -> tuple[str, int]:
-    """HOST:PORT or [IPv6]:PORT."""
-    host, sep, port = text.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError(f"{text!r}: expected HOST:PORT, e.g. 127.0.0.1:7443")
-    return host, int(port)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _address(value: str) -> str:

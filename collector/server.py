@@ -21,10 +21,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from collector.assign import assigned, changes
 from collector.auth import AuthError, Credential, credential, identify
-from collector.config import Check, Loaded, load_config, split_host_port
+from collector.config import Check, Loaded, load_config
 from collector.exporters.prometheus import ResultMetrics, serve_metrics
 from collector.ingest import Ingest, Refused, ResultsLog, Sink, Stats
-from loginprobe.config import ConfigError
+from loginprobe.config import ConfigError, split_host_port
 from loginprobe.wire import collector_pb2 as pb
 
 log = logging.getLogger(__name__)
