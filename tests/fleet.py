@@ -1,8 +1,9 @@
-"""Helpers to run real collector (and agent) processes in tests: a test PKI, bearer tokens,
+"""Helpers to run real collector and agent processes in tests: a test PKI, bearer tokens,
 config files, free loopback ports, and a process handle that waits for health and stops."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import ipaddress
@@ -12,6 +13,7 @@ import re
 import secrets
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -353,3 +355,64 @@ def collector_config(
         config["tls"] = tls
     config.update(extra)
     return config
+
+
+class Agent(Proc):
+    """One `loginprobe agent` process with its config, token file, spool and /metrics."""
+
+    def __init__(
+        self, folder: Path, collector: Collector, *, token: str | None = None,
+        client: CertPair | None = None, checks: list[dict[str, Any]] | None = None,
+        labels: dict[str, str] | None = None, spool: dict[str, Any] | None = None,
+        passwords: dict[str, dict[str, str]] | None = None,
+        paths: list[dict[str, Any]] | None = None,
+    ) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        super().__init__("agent", folder / "agent.yaml")
+        self.folder = folder
+        self.spool_path = folder / "spool.db"
+        self.listen = f"127.0.0.1:{free_port()}"
+        link: dict[str, Any] = {"address": collector.address}
+        if collector.pki is None:
+            link["plaintext"] = True
+        else:
+            link["tls"] = {"ca_file": str(collector.pki.ca_file)}
+            if client is not None:
+                link["tls"].update(cert_file=str(client.cert), key_file=str(client.key))
+        if token is not None:
+            (folder / "token").write_text(token + "\n", encoding="utf-8")
+            link["token_file"] = str(folder / "token")
+        write_yaml(self.config, {
+            "collector": link,
+            "labels": labels or {"region": "eu-west", "network_type": "wired"},
+            **({"paths": paths} if paths else {}),
+            "checks": checks or [],
+            "passwords": passwords or {},
+            "spool": {"path": str(self.spool_path), **(spool or {})},
+            "listen": self.listen,
+        })
+
+    def metrics(self) -> dict[str, float]:
+        try:
+            with urllib.request.urlopen(f"http://{self.listen}/metrics", timeout=2) as resp:
+                text = resp.read().decode()
+        except OSError:
+            return {}
+        samples = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                samples[name] = float(value)
+        return samples
+
+    def metric(self, name: str) -> float:
+        return self.metrics().get(name, -1.0)
+
+    def spooled(self) -> tuple[int, int, int]:
+        """After the process ended: (results produced over all runs, left in the spool,
+        dropped for size)."""
+        # closing(): a connection left open would keep the agent's exclusive lock away.
+        with contextlib.closing(sqlite3.connect(self.spool_path)) as db:
+            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+            left = db.execute("SELECT count(*) FROM results").fetchone()[0]
+        return meta["next_seq"] - 1, left, meta.get("dropped_size", 0)

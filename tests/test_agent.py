@@ -4,12 +4,10 @@ while 20 agents stream, and the spool's limit; every seq counted end to end."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -25,80 +23,20 @@ import pytest
 from tests.fleet import (
     PKI,
     ROOT,
-    CertPair,
     Collector,
     Proc,
     collector_config,
     free_port,
     new_token,
     wait_for,
-    write_yaml,
 )
+
+# Agent lives in tests/fleet.py (the demo uses it too); bench/ still imports it from here.
+from tests.fleet import Agent as Agent
 
 # The issue's outage is 30 s; LOGINPROBE_TEST_OUTAGE_SECONDS shortens it for a quick run.
 OUTAGE_SECONDS = float(os.environ.get("LOGINPROBE_TEST_OUTAGE_SECONDS", "30"))
 FLEET_SIZE = 20
-
-
-class Agent(Proc):
-    """One `loginprobe agent` process with its config, token file, spool and /metrics."""
-
-    def __init__(
-        self, folder: Path, collector: Collector, *, token: str | None = None,
-        client: CertPair | None = None, checks: list[dict[str, Any]] | None = None,
-        labels: dict[str, str] | None = None, spool: dict[str, Any] | None = None,
-        passwords: dict[str, dict[str, str]] | None = None,
-        paths: list[dict[str, Any]] | None = None,
-    ) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        super().__init__("agent", folder / "agent.yaml")
-        self.folder = folder
-        self.spool_path = folder / "spool.db"
-        self.listen = f"127.0.0.1:{free_port()}"
-        link: dict[str, Any] = {"address": collector.address}
-        if collector.pki is None:
-            link["plaintext"] = True
-        else:
-            link["tls"] = {"ca_file": str(collector.pki.ca_file)}
-            if client is not None:
-                link["tls"].update(cert_file=str(client.cert), key_file=str(client.key))
-        if token is not None:
-            (folder / "token").write_text(token + "\n", encoding="utf-8")
-            link["token_file"] = str(folder / "token")
-        write_yaml(self.config, {
-            "collector": link,
-            "labels": labels or {"region": "eu-west", "network_type": "wired"},
-            **({"paths": paths} if paths else {}),
-            "checks": checks or [],
-            "passwords": passwords or {},
-            "spool": {"path": str(self.spool_path), **(spool or {})},
-            "listen": self.listen,
-        })
-
-    def metrics(self) -> dict[str, float]:
-        try:
-            with urllib.request.urlopen(f"http://{self.listen}/metrics", timeout=2) as resp:
-                text = resp.read().decode()
-        except OSError:
-            return {}
-        samples = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                samples[name] = float(value)
-        return samples
-
-    def metric(self, name: str) -> float:
-        return self.metrics().get(name, -1.0)
-
-    def spooled(self) -> tuple[int, int, int]:
-        """After the process ended: (results produced over all runs, left in the spool,
-        dropped for size)."""
-        # closing(): a connection left open would keep the agent's exclusive lock away.
-        with contextlib.closing(sqlite3.connect(self.spool_path)) as db:
-            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-            left = db.execute("SELECT count(*) FROM results").fetchone()[0]
-        return meta["next_seq"] - 1, left, meta.get("dropped_size", 0)
 
 
 def seqs_by_agent(collector: Collector) -> dict[str, list[int]]:

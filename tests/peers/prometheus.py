@@ -28,17 +28,30 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def prometheus(folder: Path, targets: list[str], interval: str = "1s") -> Iterator[str]:
+def prometheus(
+    folder: Path,
+    targets: list[str],
+    interval: str = "1s",
+    *,
+    rule_files: tuple[Path, ...] = (),
+    jobs: dict[str, list[str]] | None = None,
+) -> Iterator[str]:
     """Yields the base URL of a Prometheus on 127.0.0.1 scraping targets (HOST:PORT) every
-    interval; stopped, with its data in folder, on exit."""
+    interval as job "loginprobe", plus any further jobs {name: targets}, with rule_files
+    loaded; stopped, with its data in folder, on exit."""
     binary = shutil.which("prometheus")
     if binary is None:
         raise PrometheusError("prometheus not found: install the Debian package prometheus")
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / "prometheus.yml"
+    scrapes = {"loginprobe": targets, **(jobs or {})}
     config.write_text(json.dumps({  # JSON is YAML
         "global": {"scrape_interval": interval, "scrape_timeout": interval},
-        "scrape_configs": [{"job_name": "loginprobe", "static_configs": [{"targets": targets}]}],
+        # Rule groups keep their own `interval:`; the global one only applies to groups
+        # without it.
+        "rule_files": [str(p.resolve()) for p in rule_files],
+        "scrape_configs": [{"job_name": job, "static_configs": [{"targets": t}]}
+                           for job, t in scrapes.items()],
     }))
     for _ in range(3):  # another process may take the port between picking and binding
         url = f"http://127.0.0.1:{_free_port()}"
@@ -82,3 +95,11 @@ def query(url: str, expr: str) -> list[tuple[dict[str, str], float]]:
     with urllib.request.urlopen(f"{url}/api/v1/query", data=body, timeout=10) as resp:
         answer: dict[str, Any] = json.load(resp)
     return [(item["metric"], float(item["value"][1])) for item in answer["data"]["result"]]
+
+
+def alerts(url: str) -> list[dict[str, Any]]:
+    """Every pending or firing alert (/api/v1/alerts): labels, annotations, state, activeAt."""
+    with urllib.request.urlopen(f"{url}/api/v1/alerts", timeout=10) as resp:
+        answer: dict[str, Any] = json.load(resp)
+    found: list[dict[str, Any]] = answer["data"]["alerts"]
+    return found
