@@ -160,6 +160,33 @@ class Limits(Strict):
     max_batches_per_second: float = Field(default=20.0, gt=0)
 
 
+class Metrics(Strict):
+    """How /metrics keeps its series in check."""
+
+    # A series (an agent, a check, a path) not fed for this long is removed.
+    series_ttl: Seconds = 3600.0
+    # Distinct values one label (check, target, agent, region, ...) may take; further ones
+    # are counted under __overflow__ so one runaway label cannot exhaust memory.
+    max_label_values: int = Field(default=1000, ge=1)
+
+
+class Traces(Strict):
+    """OpenTelemetry traces of attempts, exported over OTLP/gRPC."""
+
+    endpoint: Address  # HOST:PORT of an OTLP/gRPC receiver (a collector, Tempo, Jaeger)
+    insecure: bool = False  # plaintext gRPC to the receiver
+    # Failed attempts are all exported; successes at this ratio, decided by trace id.
+    success_sample_ratio: float = Field(default=0.1, ge=0.0, le=1.0)
+    # Spans waiting for export; past it new ones are dropped and counted, never waited for.
+    queue_size: int = Field(default=10_000, ge=1)
+
+
+class EventLog(Strict):
+    """JSON lines for failed attempts and for checks that start failing or recover."""
+
+    file: Path | None = None  # absent: stderr
+
+
 class CollectorConfig(Strict):
     listen: Address = "127.0.0.1:7443"
     tls: TLS | None = None
@@ -172,6 +199,10 @@ class CollectorConfig(Strict):
     checks: Annotated[list[Check], AfterValidator(_unique_checks)] = []
     limits: Limits = Limits()
     results_log: Path | None = None  # JSON lines of every accepted result (tests, audits)
+    # Read at start (a reload does not change them); an exporter not configured costs nothing.
+    metrics: Metrics = Metrics()
+    traces: Traces | None = None
+    event_log: EventLog | None = None
     log_format: Literal["plain", "json"] = "plain"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     shutdown_grace: Seconds = 5.0

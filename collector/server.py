@@ -22,6 +22,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from collector.assign import assigned, changes
 from collector.auth import AuthError, Credential, credential, identify
 from collector.config import Check, Loaded, load_config
+from collector.exporters.log import EventLog
+from collector.exporters.otel import TraceExporter
 from collector.exporters.prometheus import ResultMetrics, serve_metrics
 from collector.ingest import Ingest, Refused, ResultsLog, Sink, Stats
 from loginprobe.config import ConfigError, split_host_port
@@ -381,9 +383,17 @@ async def serve(path: Path, loaded: Loaded) -> int:
     stats = Stats()
     results_log = ResultsLog(config.results_log) if config.results_log else None
     # ~20-30 µs a result: paid only when there is a /metrics to read them from.
-    result_metrics = ResultMetrics(stats) if config.metrics_listen else None
+    result_metrics = ResultMetrics(
+        stats, config.metrics.series_ttl, config.metrics.max_label_values,
+    ) if config.metrics_listen else None
+    traces = TraceExporter.otlp(
+        stats, config.traces.endpoint, config.traces.insecure,
+        config.traces.success_sample_ratio, config.traces.queue_size,
+    ) if config.traces else None
+    event_log = EventLog(stats, config.event_log.file) if config.event_log else None
     # The log first: a batch it fails to write is sent again, and must not count twice.
-    sinks: list[Sink] = [s for s in (results_log, result_metrics) if s is not None]
+    sinks: list[Sink] = [s for s in (results_log, result_metrics, traces, event_log)
+                         if s is not None]
     high_water = dict(results_log.high_water) if results_log else {}
     service = CollectorService(loaded, Ingest(stats, sinks, high_water), stats)
     server = _grpc_server(service, config.limits.max_message_bytes)
@@ -406,7 +416,9 @@ async def serve(path: Path, loaded: Loaded) -> int:
     if config.metrics_listen:
         try:
             metrics = serve_metrics(stats, *split_host_port(config.metrics_listen),
-                                    results=result_metrics)
+                                    results=result_metrics,
+                                    series_ttl=config.metrics.series_ttl,
+                                    extra=[traces] if traces else [])
         except OSError as exc:
             log.error("cannot serve /metrics on %s: %s", config.metrics_listen, exc.strerror)
             return 1
@@ -441,5 +453,9 @@ async def serve(path: Path, loaded: Loaded) -> int:
         metrics.shutdown()
     if results_log is not None:
         results_log.close()
+    if traces is not None:
+        traces.shutdown()
+    if event_log is not None:
+        event_log.close()
     log.info("stopped")
     return 0
