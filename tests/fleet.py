@@ -198,7 +198,10 @@ class Proc:
             argv = ["taskset", "-c", str(cpu), *argv]
         env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
         with self.log.open("ab") as err:
-            self.popen = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=err, stderr=err)
+            # A session of its own: Ctrl-C in a terminal reaches only the parent (a test, the
+            # demo), which then stops its processes by PID in order.
+            self.popen = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=err, stderr=err,
+                                          start_new_session=True)
         return self
 
     @property

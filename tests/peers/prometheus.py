@@ -61,6 +61,7 @@ def prometheus(
                 [binary, f"--config.file={config}", f"--storage.tsdb.path={folder / 'tsdb'}",
                  f"--web.listen-address={url.removeprefix('http://')}"],
                 stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C reaches the parent, which stops it by PID
             )
         deadline = time.monotonic() + START_TIMEOUT
         while proc.poll() is None and time.monotonic() < deadline:
