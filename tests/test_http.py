@@ -3,51 +3,20 @@ and against tiny fake servers for answers nginx is not set up to give."""
 
 from __future__ import annotations
 
-import base64
-import dataclasses
-import json
 import time
-from typing import Any
 
 import pytest
 
-from agent.probes import ProbeOptions, run_check
+from agent.probes import ProbeOptions
 from agent.probes.base import Attempt
 from agent.probes.http import build_request
 from loginprobe.result import Result
 from loginprobe.target import parse_target
 from tests.peers import fakes
 from tests.peers.ground import Ground
+from tests.probing import check, options, phases
 
 FAKE_PASSWORD = "fake-Pa55word-never-shown"
-
-
-def options(ground: Ground, **overrides: Any) -> ProbeOptions:
-    """Trust the ground's CA and ask its resolver; overrides as in dataclasses.replace."""
-    base = ProbeOptions(
-        password=ground.password,
-        ca_file=str(ground.ca_file),
-        resolver=("127.0.0.1", ground.dns_port),
-        timeout=5.0,
-    )
-    return dataclasses.replace(base, **overrides)
-
-
-async def check(url: str, opts: ProbeOptions) -> Result:
-    """run_check, plus the promise every case keeps: neither the password nor the Basic
-    token that encodes it is anywhere in the output."""
-    target = parse_target(url)
-    result = await run_check(target, opts)
-    dumped = json.dumps(result.to_dict(transcript=True))
-    assert opts.password
-    assert opts.password not in dumped
-    token = base64.b64encode(f"{target.user}:{opts.password}".encode()).decode()
-    assert token not in dumped
-    return result
-
-
-def phases(result: Result) -> list[tuple[str, bool]]:
-    return [(p.name, p.ok) for p in result.phases]
 
 
 def sent(result: Result) -> str:

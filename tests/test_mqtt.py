@@ -3,52 +3,17 @@ against tiny fake brokers for the answers mosquitto never gives; tcp:// and tls:
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import socket
 import time
-from typing import Any
 
 import pytest
 
-from agent.probes import ProbeOptions, run_check
+from agent.probes import ProbeOptions
 from agent.probes.mqtt import connect_packet, parse_properties
-from loginprobe.result import Result
-from loginprobe.target import parse_target
 from tests.peers import fakes
 from tests.peers.ground import Ground
+from tests.probing import check, closed_port, options, phases
 
 FAKE_PASSWORD = "fake-Pa55word-never-shown"
-
-
-def options(ground: Ground, **overrides: Any) -> ProbeOptions:
-    """Trust the ground's CA and ask its resolver; overrides as in dataclasses.replace."""
-    base = ProbeOptions(
-        password=ground.password,
-        ca_file=str(ground.ca_file),
-        resolver=("127.0.0.1", ground.dns_port),
-        timeout=5.0,
-    )
-    return dataclasses.replace(base, **overrides)
-
-
-async def check(url: str, opts: ProbeOptions) -> Result:
-    """run_check, plus the promise every case keeps: the password is nowhere in the output."""
-    result = await run_check(parse_target(url), opts)
-    dumped = json.dumps(result.to_dict(transcript=True))
-    assert opts.password
-    assert opts.password not in dumped
-    return result
-
-
-def phases(result: Result) -> list[tuple[str, bool]]:
-    return [(p.name, p.ok) for p in result.phases]
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- logins against mosquitto ----------------------------------------------------------

@@ -20,22 +20,7 @@ from loginprobe.result import Result
 from loginprobe.target import parse_target
 from tests.peers import faults
 from tests.peers.ground import Ground
-
-
-def opts(ground: Ground, **kw: object) -> ProbeOptions:
-    host, port = ground.resolver.split(":")
-    base: dict[str, object] = {
-        "resolver": (host, int(port)),
-        "ca_file": str(ground.ca_file),
-        "timeout": 5.0,
-        "password": ground.password,
-    }
-    base.update(kw)
-    return ProbeOptions(**base)  # type: ignore[arg-type]
-
-
-async def check(url: str, options: ProbeOptions) -> Result:
-    return await run_check(parse_target(url), options)
+from tests.probing import check, closed_port, options
 
 
 def assert_reason(result: Result, reason: Reason, step: Step) -> None:
@@ -55,17 +40,11 @@ def listener() -> Iterator[int]:
         yield s.getsockname()[1]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 # --- dns ---------------------------------------------------------------------------------
 
 
 async def test_dns_answer_address_and_ttl_are_recorded(ground: Ground, listener: int) -> None:
-    result = await check(f"tcp://mqtt.test:{listener}", opts(ground))
+    result = await check(f"tcp://mqtt.test:{listener}", options(ground))
     assert_reason(result, Reason.OK, Step.NONE)
     assert result.dns is not None
     assert (result.dns.addresses, result.dns.ttl) == (["127.0.0.1"], 60)
@@ -78,38 +57,38 @@ async def test_dns_ipv6_only_name_connects_over_ipv6(ground: Ground) -> None:
     with socket.socket(socket.AF_INET6) as s:
         s.bind(("::1", 0))
         s.listen()
-        result = await check(f"tcp://ipv6.test:{s.getsockname()[1]}", opts(ground))
+        result = await check(f"tcp://ipv6.test:{s.getsockname()[1]}", options(ground))
     assert_reason(result, Reason.OK, Step.NONE)
     assert result.resolved_address == "::1"
 
 
 async def test_dns_dual_stack_name_records_both_families(ground: Ground, listener: int) -> None:
-    result = await check(f"tcp://v6.test:{listener}", opts(ground))
+    result = await check(f"tcp://v6.test:{listener}", options(ground))
     assert_reason(result, Reason.OK, Step.NONE)
     assert result.dns is not None and set(result.dns.addresses) == {"127.0.0.1", "::1"}
     assert result.resolved_address == "127.0.0.1"
 
 
 async def test_dns_nxdomain(ground: Ground) -> None:
-    result = await check("tcp://nosuchhost.test:5222", opts(ground))
+    result = await check("tcp://nosuchhost.test:5222", options(ground))
     assert_reason(result, Reason.DNS_NXDOMAIN, Step.NETWORK)
     assert "NXDOMAIN" in result.message
     assert phase_names(result) == ["dns"] and not result.phases[0].ok
 
 
 async def test_dns_no_address_record(ground: Ground) -> None:
-    result = await check("tcp://noaddr.test:5222", opts(ground))
+    result = await check("tcp://noaddr.test:5222", options(ground))
     assert_reason(result, Reason.DNS_NO_ANSWER, Step.NETWORK)
 
 
 async def test_dns_servfail(ground: Ground) -> None:
-    result = await check("tcp://x.fail.test:5222", opts(ground))
+    result = await check("tcp://x.fail.test:5222", options(ground))
     assert_reason(result, Reason.DNS_SERVFAIL, Step.NETWORK)
     assert "SERVFAIL" in result.message
 
 
 async def test_dns_timeout_is_blamed_on_the_dns_phase(ground: Ground) -> None:
-    result = await check("tcp://slow.deny.test:5222", opts(ground, timeout=1.0))
+    result = await check("tcp://slow.deny.test:5222", options(ground, timeout=1.0))
     assert_reason(result, Reason.DNS_TIMEOUT, Step.NETWORK)
     assert result.duration_ns < 2e9
     assert phase_names(result) == ["dns"]
@@ -117,7 +96,7 @@ async def test_dns_timeout_is_blamed_on_the_dns_phase(ground: Ground) -> None:
 
 async def test_dns_resolver_that_is_down_times_out(ground: Ground) -> None:
     result = await check(
-        "tcp://xmpp.test:5222", opts(ground, resolver=("127.0.0.1", free_port()), timeout=1.0)
+        "tcp://xmpp.test:5222", options(ground, resolver=("127.0.0.1", closed_port()), timeout=1.0)
     )
     assert_reason(result, Reason.DNS_TIMEOUT, Step.NETWORK)
 
@@ -131,7 +110,7 @@ async def test_ip_literal_needs_no_dns_phase(listener: int) -> None:
 
 
 async def test_tcp_refused() -> None:
-    result = await check(f"tcp://127.0.0.1:{free_port()}", ProbeOptions())
+    result = await check(f"tcp://127.0.0.1:{closed_port()}", ProbeOptions())
     assert_reason(result, Reason.TCP_REFUSED, Step.NETWORK)
     assert [(p.name, p.ok) for p in result.phases] == [("tcp", False)]
 
@@ -161,7 +140,7 @@ async def test_tcp_reset_after_connect_is_tcp_reset(ground: Ground) -> None:
     server = await asyncio.start_server(reset, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     async with server:
-        result = await check(f"mqtt://alice@127.0.0.1:{port}", opts(ground))
+        result = await check(f"mqtt://alice@127.0.0.1:{port}", options(ground))
     assert_reason(result, Reason.TCP_RESET, Step.NETWORK)
 
 
@@ -186,7 +165,7 @@ async def test_bound_to_interface_and_source_address(listener: int) -> None:
 
 
 async def test_tls_target_records_the_certificate(ground: Ground) -> None:
-    result = await check(f"tls://xmpp.test:{ground.xmpps_port}", opts(ground))
+    result = await check(f"tls://xmpp.test:{ground.xmpps_port}", options(ground))
     assert_reason(result, Reason.OK, Step.NONE)
     assert phase_names(result) == ["dns", "tcp", "tls"]
     tls = result.tls
@@ -197,36 +176,36 @@ async def test_tls_target_records_the_certificate(ground: Ground) -> None:
 
 
 async def test_tls_untrusted_without_the_ca(ground: Ground) -> None:
-    result = await check(f"tls://xmpp.test:{ground.xmpps_port}", opts(ground, ca_file=None))
+    result = await check(f"tls://xmpp.test:{ground.xmpps_port}", options(ground, ca_file=None))
     assert_reason(result, Reason.TLS_CERT_UNTRUSTED, Step.CONFIG)
     assert "unable to get local issuer certificate" in result.message
     assert [(p.name, p.ok) for p in result.phases][-1] == ("tls", False)
 
 
 async def test_tls_expired(ground: Ground) -> None:
-    result = await check(f"tls://mqtt.test:{ground.mqtts_expired_port}", opts(ground))
+    result = await check(f"tls://mqtt.test:{ground.mqtts_expired_port}", options(ground))
     assert_reason(result, Reason.TLS_CERT_EXPIRED, Step.CONFIG)
     assert "expired" in result.message
 
 
 async def test_tls_hostname_mismatch(ground: Ground) -> None:
-    result = await check(f"tls://mqtt.test:{ground.mqtts_wronghost_port}", opts(ground))
+    result = await check(f"tls://mqtt.test:{ground.mqtts_wronghost_port}", options(ground))
     assert_reason(result, Reason.TLS_HOSTNAME_MISMATCH, Step.CONFIG)
 
 
 async def test_tls_self_signed(ground: Ground) -> None:
-    result = await check(f"tls://mqtt.test:{ground.mqtts_selfsigned_port}", opts(ground))
+    result = await check(f"tls://mqtt.test:{ground.mqtts_selfsigned_port}", options(ground))
     assert_reason(result, Reason.TLS_CERT_UNTRUSTED, Step.CONFIG)
     assert "self-signed" in result.message
 
 
 async def test_tls_no_common_version(ground: Ground) -> None:
-    result = await check(f"tls://http.test:{ground.https_tls11_port}", opts(ground))
+    result = await check(f"tls://http.test:{ground.https_tls11_port}", options(ground))
     assert_reason(result, Reason.TLS_VERSION_MISMATCH, Step.CONFIG)
 
 
 async def test_tls_against_a_plaintext_port_is_a_protocol_mismatch(ground: Ground) -> None:
-    result = await check(f"tls://http.test:{ground.http_port}", opts(ground))
+    result = await check(f"tls://http.test:{ground.http_port}", options(ground))
     assert_reason(result, Reason.PROTOCOL_MISMATCH, Step.CONFIG)
 
 
@@ -242,7 +221,7 @@ async def test_insecure_succeeds_but_records_why_it_would_fail(
     ground: Ground, port_attr: str, needle: str
 ) -> None:
     port = getattr(ground, port_attr)
-    result = await check(f"tls://mqtt.test:{port}", opts(ground, insecure=True))
+    result = await check(f"tls://mqtt.test:{port}", options(ground, insecure=True))
     assert_reason(result, Reason.OK, Step.NONE)
     assert result.tls is not None and result.tls.verified is False
     assert result.tls.verify_error and needle in result.tls.verify_error
@@ -250,7 +229,7 @@ async def test_insecure_succeeds_but_records_why_it_would_fail(
 
 
 async def test_insecure_with_a_good_certificate_is_verified(ground: Ground) -> None:
-    result = await check(f"tls://mqtt.test:{ground.mqtts_port}", opts(ground, insecure=True))
+    result = await check(f"tls://mqtt.test:{ground.mqtts_port}", options(ground, insecure=True))
     assert result.tls is not None and result.tls.verified and result.tls.verify_error is None
 
 
@@ -318,7 +297,7 @@ def test_ping_without_permission_is_skipped_not_failed(listener: int) -> None:
 
 async def test_alpn_refused_by_a_server_of_another_protocol(ground: Ground) -> None:
     # nginx over TLS knows http/1.1 only: an XMPP client's ALPN is refused by the alert.
-    result = await check(f"xmpps://alice@http.test:{ground.https_port}", opts(ground))
+    result = await check(f"xmpps://alice@http.test:{ground.https_port}", options(ground))
     assert_reason(result, Reason.PROTOCOL_MISMATCH, Step.CONFIG)
     assert "NO_APPLICATION_PROTOCOL" in result.message
 
