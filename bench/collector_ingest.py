@@ -7,10 +7,12 @@ to acknowledged.
     python3 -m bench.collector_ingest --rate 80000 --flush 0.25 --plaintext
     python3 -m bench.collector_ingest --results-log          # with the JSONL sink (decodes all)
     python3 -m bench.collector_ingest --metrics              # with /metrics and result metrics
+    python3 -m bench.collector_ingest --exports              # metrics, OTLP traces, event log
 
 By default the collector runs without /metrics, so the figure is ingest alone (validate,
 dedupe, count, acknowledge); --metrics adds the exporter that turns every result into the
-contract's Prometheus series.
+contract's Prometheus series; --exports adds that and OTLP traces (to a receiver in this
+process that counts and discards them, successes sampled at 0.1) and the JSON event log.
 
 Each stream produces results evenly at rate/streams per second and sends what it has every
 --flush seconds (streams staggered over the interval, as a fleet would be). A result's
@@ -243,6 +245,39 @@ async def _load(args: argparse.Namespace, tokens: list[str], ca: bytes | None) -
 # ---- the orchestrator ------------------------------------------------------------------
 
 
+class _Receiver:
+    """An OTLP/gRPC trace receiver that counts spans and keeps nothing."""
+
+    def __init__(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as otlp
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as otlp_grpc
+
+        from tests.fleet import free_port
+
+        self.spans = self.roots = 0
+        receiver = self
+
+        class Service(otlp_grpc.TraceServiceServicer):
+            def Export(self, request: Any, context: Any) -> Any:
+                for rs in request.resource_spans:
+                    for ss in rs.scope_spans:
+                        receiver.spans += len(ss.spans)
+                        receiver.roots += sum(1 for x in ss.spans if not x.parent_span_id)
+                return otlp.ExportTraceServiceResponse()
+
+        self.server = grpc.server(ThreadPoolExecutor(2))
+        otlp_grpc.add_TraceServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            Service(), self.server)
+        self.address = f"127.0.0.1:{free_port()}"
+        self.server.add_insecure_port(self.address)
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop(0)
+
+
 def _rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -260,6 +295,8 @@ def main() -> int:
     p.add_argument("--plaintext", action="store_true", help="plaintext loopback instead of TLS")
     p.add_argument("--results-log", action="store_true", help="with the JSONL results sink")
     p.add_argument("--metrics", action="store_true", help="with /metrics (result metrics)")
+    p.add_argument("--exports", action="store_true",
+                   help="with /metrics, OTLP traces and the event log")
     # Internal: the load generator's side.
     p.add_argument("--load", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--address", help=argparse.SUPPRESS)
@@ -297,7 +334,13 @@ def main() -> int:
         )
         if not args.results_log:
             del config["results_log"]
-        if not args.metrics:
+        receiver = None
+        if args.exports:
+            receiver = _Receiver()
+            config["traces"] = {"endpoint": receiver.address, "insecure": True,
+                                "success_sample_ratio": 0.1}
+            config["event_log"] = {"file": str(folder / "events.jsonl")}
+        elif not args.metrics:
             config["metrics_listen"] = None
         collector = Collector(folder / "collector", config, pki)
         collector.start_healthy(timeout=60, cpu=COLLECTOR_CPU)
@@ -332,7 +375,8 @@ def main() -> int:
             f"{args.rate:,.0f} results/s offered, a batch every {args.flush:g}s per stream "
             f"(~{args.rate * args.flush / args.streams:.0f} results), "
             f"{args.duration:g}s window, results log {'on' if args.results_log else 'off'}, "
-            f"metrics {'on' if args.metrics else 'off'}; "
+            f"metrics {'on' if args.metrics or args.exports else 'off'}, "
+            f"traces and event log {'on' if args.exports else 'off'}; "
             f"collector on CPU {COLLECTOR_CPU}, load generator on CPU {LOAD_CPU}"
         )
         cpu: list[float] = []
@@ -372,6 +416,10 @@ def main() -> int:
         print(f"batch sent -> acked p99   {done['sent_p99'] * 1000:10.1f} ms")
         print(f"batches acked             {done['batches']:10,}   results {done['acked_total']:,}")
         print(f"collector resident memory {rss_kib / 1024:10.0f} MiB")
+        if receiver is not None:
+            print(f"spans received            {receiver.spans:10,}   "
+                  f"(roots {receiver.roots:,}, about 0.1 of the results)")
+            receiver.stop()
         if done["errors"]:
             print("stream errors:", *done["errors"], sep="\n  ")
         if status != 0:

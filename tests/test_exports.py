@@ -287,3 +287,19 @@ def test_successes_are_sampled_by_trace_id_and_failures_always_kept() -> None:
     successes = len(kept[0]) - 50
     assert 50 < successes < 150  # ~100 of 400
     assert {int.from_bytes(t) for t in ids[:50]} <= set(kept[0])
+
+
+def test_the_fast_render_says_what_the_collector_does() -> None:
+    stats = Stats()
+    metrics = ResultMetrics(stats)
+    Ingest(stats, [metrics]).batch("a1", {"region": 'odd "quoted"\\ value'}, [
+        result(1, True, os.urandom(16)), result(2, False, os.urandom(16))])
+
+    def samples(families: Any) -> set[tuple[str, tuple[tuple[str, str], ...], float]]:
+        return {(s.name, tuple(sorted(s.labels.items())), s.value)
+                for f in families for s in f.samples}
+
+    rendered = text_string_to_metric_families(metrics.render(False).decode())
+    assert samples(rendered) == samples(metrics.collect())
+    parsed = om_parse(metrics.render(True).decode() + "# EOF\n")  # type: ignore[no-untyped-call]
+    assert samples(parsed) == samples(metrics.collect())
