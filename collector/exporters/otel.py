@@ -45,7 +45,9 @@ def _span_id() -> int:
 
 class TraceExporter(Collector):
     """A sink: failed attempts always, successes when the trace id falls under the ratio
-    (the same attempt always gets the same decision, like TraceIdRatioBased). Also a
+    (the same attempt always gets the same decision, like TraceIdRatioBased). When the
+    queue is full a failure replaces the oldest queued success; only failures beyond a
+    queue of failures are lost. Also a
     Prometheus collector of what it dropped or failed to send (beyond the contract)."""
 
     def __init__(self, stats: Stats, exporter: SpanExporter, success_sample_ratio: float,
@@ -55,7 +57,8 @@ class TraceExporter(Collector):
         self.queue_size = queue_size
         # Compared with the trace id's low 64 bits, as the SDK's ratio sampler does.
         self._bound = round(success_sample_ratio * 2**64)
-        self._queue: deque[_Item] = deque()
+        self._queue: deque[_Item] = deque()  # sampled successes
+        self._failures: deque[_Item] = deque()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._resources: dict[tuple[str, ...], Resource] = {}
@@ -74,19 +77,22 @@ class TraceExporter(Collector):
 
     def __call__(self, batch: Accepted) -> None:
         claimed = self.stats.labels.get(batch.agent, {})
-        queue, bound = self._queue, self._bound
+        queue, failures, bound = self._queue, self._failures, self._bound
         for msg in batch.results:
-            if msg.success and int.from_bytes(msg.trace_id[8:16]) >= bound:
+            ok = msg.success
+            if ok and int.from_bytes(msg.trace_id[8:16]) >= bound:
                 continue
-            if len(queue) >= self.queue_size:
+            if len(queue) + len(failures) >= self.queue_size:
                 if not self.dropped:
                     log.warning("the trace export queue is full (%d attempts): further ones "
                                 "are dropped and counted in "
                                 "loginprobe_collector_spans_dropped_total", self.queue_size)
                 self.dropped += 1
-                continue
-            queue.append((batch.agent, claimed, batch.fixed_labels, msg))
-        if len(queue) >= _BATCH:
+                if ok or not queue:
+                    continue
+                queue.popleft()  # a failure takes the place of a sampled success
+            (queue if ok else failures).append((batch.agent, claimed, batch.fixed_labels, msg))
+        if len(queue) + len(failures) >= _BATCH:
             self._wake.set()
 
     def _run(self) -> None:
@@ -94,8 +100,10 @@ class TraceExporter(Collector):
             stopping = self._stop.is_set()
             self._wake.wait(_DELAY)
             self._wake.clear()
-            while self._queue:
-                items = [self._queue.popleft() for _ in range(min(_BATCH, len(self._queue)))]
+            while self._failures or self._queue:
+                # Failures first: they are what a user opens a trace for.
+                queue = self._failures or self._queue
+                items = [queue.popleft() for _ in range(min(_BATCH, len(queue)))]
                 spans = [span for item in items for span in self.spans(*item)]
                 try:
                     result = self.exporter.export(spans)
