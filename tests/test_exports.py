@@ -26,7 +26,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families
 
 from collector.exporters.otel import TraceExporter
-from collector.exporters.prometheus import OVERFLOW, ResultMetrics
+from collector.exporters.prometheus import OVERFLOW, ResultMetrics, StatsCollector
 from collector.ingest import Ingest, Stats
 from loginprobe.codec import Report, to_wire
 from loginprobe.reasons import Reason
@@ -240,6 +240,15 @@ def test_series_of_a_vanished_agent_are_removed_after_the_ttl() -> None:
     ingest.batch("stays", {}, [result(1, True, os.urandom(16))])
     agents = {s.labels.get("agent") for m in metrics.collect() for s in m.samples}
     assert "stays" in agents and "gone" not in agents
+    # The agent's own series (connected, last result, received) go once it is neither
+    # connected nor sending for the TTL.
+    stats.connected["stays"] = {}
+    own = StatsCollector(stats, series_ttl=0.2)
+    assert {s.labels["agent"] for m in own.collect() for s in m.samples
+            if "agent" in s.labels} == {"gone", "stays"}
+    time.sleep(0.3)
+    assert {s.labels["agent"] for m in own.collect() for s in m.samples
+            if "agent" in s.labels} == {"stays"}
 
 
 def test_the_cardinality_guard_caps_values_and_counts_the_rest() -> None:
