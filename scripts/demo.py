@@ -155,7 +155,9 @@ def main() -> int:
                         help="only the `loginprobe check` walkthrough, then stop")
     args = parser.parse_args()
     # SIGTERM takes Ctrl-C's path, so every finally below runs and stops what it started.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # SIGINT explicitly too: started with `&` from a script, it is inherited as ignored.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.default_int_handler)
     loginprobe = str(Path(sys.executable).with_name("loginprobe"))
     try:
         with Ground() as g:
