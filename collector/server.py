@@ -389,6 +389,7 @@ async def serve(path: Path, loaded: Loaded) -> int:
     traces = TraceExporter.otlp(
         stats, config.traces.endpoint, config.traces.insecure,
         config.traces.success_sample_ratio, config.traces.queue_size,
+        config.traces.max_sampled_per_second,
     ) if config.traces else None
     event_log = EventLog(stats, config.event_log.file) if config.event_log else None
     # The log first: a batch it fails to write is sent again, and must not count twice.

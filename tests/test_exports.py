@@ -286,7 +286,8 @@ def test_successes_are_sampled_by_trace_id_and_failures_always_kept() -> None:
     kept = []
     for _ in range(2):
         memory = Memory()
-        exporter = TraceExporter(Stats(), memory, 0.25)  # type: ignore[arg-type]
+        exporter = TraceExporter(Stats(), memory, 0.25,  # type: ignore[arg-type]
+                                 max_sampled_per_second=1e9)
         Ingest(Stats(), [exporter]).batch("a1", {}, [
             *(result(i + 1, True, t) for i, t in enumerate(ids)),
             *(result(1000 + i, False, t) for i, t in enumerate(ids[:50]))])
@@ -312,3 +313,16 @@ def test_the_fast_render_says_what_the_collector_does() -> None:
     assert samples(rendered) == samples(metrics.collect())
     parsed = om_parse(metrics.render(True).decode() + "# EOF\n")  # type: ignore[no-untyped-call]
     assert samples(parsed) == samples(metrics.collect())
+
+
+def test_sampled_successes_are_held_to_a_budget_failures_are_not() -> None:
+    memory = Memory()
+    exporter = TraceExporter(Stats(), memory, 1.0,  # type: ignore[arg-type]
+                             max_sampled_per_second=10)
+    failures = [os.urandom(16) for _ in range(30)]
+    Ingest(Stats(), [exporter]).batch("a1", {}, [
+        *(result(i + 1, True, os.urandom(16)) for i in range(100)),
+        *(result(200 + i, False, t) for i, t in enumerate(failures))])
+    exporter.shutdown()
+    assert len(memory.trace_ids) == 10 + 30 and exporter.over_budget == 90
+    assert {int.from_bytes(t) for t in failures} <= set(memory.trace_ids)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
@@ -51,10 +52,17 @@ class TraceExporter(Collector):
     Prometheus collector of what it dropped or failed to send (beyond the contract)."""
 
     def __init__(self, stats: Stats, exporter: SpanExporter, success_sample_ratio: float,
-                 queue_size: int = 10_000) -> None:
+                 queue_size: int = 10_000, max_sampled_per_second: float = 100.0) -> None:
         self.stats = stats
         self.exporter = exporter
         self.queue_size = queue_size
+        # The SDK spends ~0.4 ms of CPU on each attempt it exports (building and encoding
+        # five spans), in this process: a budget on sampled successes keeps a busy fleet's
+        # traces from taking the CPU ingest needs. Failures are never held to it.
+        self.max_sampled_per_second = max_sampled_per_second
+        self._tokens = max_sampled_per_second
+        self._refilled = time.monotonic()
+        self.over_budget = 0
         # Compared with the trace id's low 64 bits, as the SDK's ratio sampler does.
         self._bound = round(success_sample_ratio * 2**64)
         self._queue: deque[_Item] = deque()  # sampled successes
@@ -71,17 +79,26 @@ class TraceExporter(Collector):
 
     @classmethod
     def otlp(cls, stats: Stats, endpoint: str, insecure: bool, success_sample_ratio: float,
-             queue_size: int) -> TraceExporter:
+             queue_size: int, max_sampled_per_second: float) -> TraceExporter:
         return cls(stats, OTLPSpanExporter(endpoint=endpoint, insecure=insecure),
-                   success_sample_ratio, queue_size)
+                   success_sample_ratio, queue_size, max_sampled_per_second)
 
     def __call__(self, batch: Accepted) -> None:
         claimed = self.stats.labels.get(batch.agent, {})
         queue, failures, bound = self._queue, self._failures, self._bound
+        now = time.monotonic()
+        rate = self.max_sampled_per_second
+        self._tokens = min(rate, self._tokens + (now - self._refilled) * rate)
+        self._refilled = now
         for msg in batch.results:
             ok = msg.success
-            if ok and int.from_bytes(msg.trace_id[8:16]) >= bound:
-                continue
+            if ok:
+                if int.from_bytes(msg.trace_id[8:16]) >= bound:
+                    continue
+                if self._tokens < 1:
+                    self.over_budget += 1
+                    continue
+                self._tokens -= 1
             if len(queue) + len(failures) >= self.queue_size:
                 if not self.dropped:
                     log.warning("the trace export queue is full (%d attempts): further ones "
@@ -204,8 +221,11 @@ class TraceExporter(Collector):
         dropped = CounterMetricFamily(
             "loginprobe_collector_spans_dropped",
             "Attempts not exported as traces (beyond the contract): queue_full while the "
-            "receiver is slow, export_failed when it refused them.", labels=["reason"])
+            "receiver is slow, over_budget for sampled successes past "
+            "max_sampled_per_second, export_failed when the receiver refused them.",
+            labels=["reason"])
         dropped.add_metric(["queue_full"], self.dropped)
+        dropped.add_metric(["over_budget"], self.over_budget)
         dropped.add_metric(["export_failed"], self.failed)
         yield dropped
 
