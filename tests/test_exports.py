@@ -32,7 +32,8 @@ from loginprobe.codec import Report, to_wire
 from loginprobe.reasons import Reason
 from loginprobe.result import Phase, Result, TLSInfo
 from loginprobe.wire import collector_pb2 as pb
-from tests.fleet import Collector, collector_config, free_port, new_token
+from tests.fleet import Collector, collector_config, free_port, new_token, wait_for
+from tests.peers.prometheus import prometheus, query
 from tests.test_collector import Stream
 
 # CONTRACT.md section 4, verbatim.
@@ -209,6 +210,15 @@ async def _exports(tmp_path: Path, servicer: Receiver, address: str) -> None:
                      for f in parsed for s in f.samples if s.exemplar}
         assert {failed_again.hex(), ok_id.hex()} <= exemplars  # the latest of each series
         assert "trace_id" not in text  # the classic text format has none
+
+        # A real Prometheus takes this exposition (it asks for OpenMetrics first).
+        with prometheus(tmp_path / "prometheus", [c.settings["metrics_listen"]]) as url:
+            def scraped() -> bool:
+                return bool(query(url, 'loginprobe_phase_duration_seconds_bucket{phase="tls"}'))
+            wait_for("Prometheus to scrape the collector", scraped, 20)
+            assert query(url, 'up{job="loginprobe"}')[0][1] == 1
+            assert {labels["result"] for labels, _ in query(url, "loginprobe_attempts_total")
+                    } == {"success", "failure"}
 
         # The event log: each failure, and the check's state changes on its path.
         lines = [json.loads(line) for line in events.read_text().splitlines()]
