@@ -53,15 +53,14 @@ _GUARDED = ("check", "protocol", "target", "agent", "region", "carrier")
 
 class _Histogram:
     """Counts per bucket in ns, with the trace id of the latest observation in each bucket
-    as its exemplar. `seen` is for the series TTL."""
+    as its exemplar. It lives as long as a series feeding it (see _prune)."""
 
-    __slots__ = ("counts", "exemplars", "seen", "total_ns")
+    __slots__ = ("counts", "exemplars", "total_ns")
 
     def __init__(self) -> None:
         self.counts = [0] * (len(BUCKETS) + 1)  # per bucket, the last one is +Inf
         self.exemplars: list[tuple[bytes, int] | None] = [None] * (len(BUCKETS) + 1)
         self.total_ns = 0
-        self.seen = 0.0
 
     def observe(self, ns: int, trace_id: bytes) -> None:
         i = bisect.bisect_left(_BOUNDS_NS, ns)
@@ -84,13 +83,14 @@ class _Series:
     """What one (agent, check, protocol, target, region, carrier, network_type) adds to:
     its own counters and the histograms it shares with the other agents of its labels."""
 
-    __slots__ = ("attempts", "dropped", "duration", "exemplars", "key", "phases", "seen",
-                 "success", "text", "where")
+    __slots__ = ("attempts", "cert_key", "dropped", "duration", "exemplars", "key", "phases",
+                 "seen", "success", "text", "where")
 
     def __init__(self, key: tuple[str, ...], where: tuple[str, ...], duration: _Histogram,
                  dropped: tuple[str, ...]) -> None:
         self.key = key  # check, protocol, target, agent, region, carrier, network_type
         self.where = where  # the same without agent: the histograms' labels
+        self.cert_key = (key[0], key[2], key[3])  # check, target, agent
         self.attempts: dict[tuple[bool, str], int] = {}
         self.exemplars: dict[tuple[bool, str], bytes] = {}
         self.success = 0
@@ -126,7 +126,7 @@ class ResultMetrics(Collector):
         self._series: dict[tuple[str, ...], _Series] = {}
         self._durations: dict[tuple[str, ...], _Histogram] = {}
         self._phases: dict[tuple[str, ...], _Histogram] = {}
-        self._not_after: dict[tuple[str, str, str], tuple[int, float]] = {}
+        self._not_after: dict[tuple[str, str, str], int] = {}
         self._values: dict[str, set[str]] = {name: set() for name in _GUARDED}
         self.dropped: dict[str, int] = {}
         self._warned = False
@@ -172,12 +172,10 @@ class ResultMetrics(Collector):
                             h = s.phases[phase.name] = self._phases.setdefault(
                                 (*s.where, phase.name), _Histogram())
                         h.observe(phase.duration_ns, trace_id)
-                        h.seen = now
                 s.duration.observe(msg.duration_ns, trace_id)
-                s.duration.seen = now
                 not_after = msg.tls.not_after_unix
                 if not_after:
-                    self._not_after[(s.key[0], s.key[2], agent)] = (not_after, now)
+                    self._not_after[s.cert_key] = not_after
 
     def _new_series(self, agent: str, check: str, protocol: str, url: str,
                     labels: dict[str, str]) -> _Series:
@@ -214,10 +212,13 @@ class ResultMetrics(Collector):
             return
         for k in stale:
             del self._series[k]
+        # Histograms and certificate dates go with the last series that fed them.
+        live = {id(h) for s in self._series.values() for h in (s.duration, *s.phases.values())}
         for table in (self._durations, self._phases):
-            for k in [k for k, h in table.items() if h.seen < horizon]:
+            for k in [k for k, h in table.items() if id(h) not in live]:
                 del table[k]
-        for k in [k for k, (_, seen) in self._not_after.items() if seen < horizon]:
+        certs = {s.cert_key for s in self._series.values()}
+        for k in [k for k in self._not_after if k not in certs]:
             del self._not_after[k]
         self._cache.clear()  # it holds the removed series; refilled on the next results
         self._agent_labels.clear()
@@ -261,7 +262,7 @@ class ResultMetrics(Collector):
                 phases.add_metric(list(hkey), h.buckets(), h.total_ns / 1e9)
             for hkey, h in self._durations.items():
                 durations.add_metric(list(hkey), h.buckets(), h.total_ns / 1e9)
-            for nkey, (t, _) in self._not_after.items():
+            for nkey, t in self._not_after.items():
                 not_after.add_metric(list(nkey), t)
             for name, n in self.dropped.items():
                 dropped.add_metric([name], n)
@@ -309,7 +310,7 @@ class ResultMetrics(Collector):
                 _histogram(w, name, _format(names, key), h, openmetrics)
         head("loginprobe_tls_cert_not_after_timestamp_seconds", "gauge",
              "When the server's certificate expires, as last seen.")
-        for nkey, (t, _) in not_after:
+        for nkey, t in not_after:
             w(f"loginprobe_tls_cert_not_after_timestamp_seconds"
               f"{{{_format(('check', 'target', 'agent'), nkey)}}} {t}\n")
         head("loginprobe_collector_series_dropped", "counter",
