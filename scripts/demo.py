@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import functools
 import os
+import secrets
 import shlex
 import signal
 import subprocess
@@ -64,6 +65,32 @@ def connected(agent: Agent) -> bool:
             return bool(resp.read().startswith(b"ok: connected"))
     except OSError:
         return False
+
+
+def toggle_password_on_enter(g: Ground, prom: str) -> None:
+    """Until Ctrl-C: on a terminal, Enter changes alice's password on every server (the
+    agents keep the old one, so their logins fail) and Enter again restores it."""
+    if not sys.stdin.isatty():
+        while True:
+            signal.pause()
+    original, broken = g.password, False
+    print("Press Enter to break alice's password on every server, Enter again to restore it.",
+          flush=True)
+    while True:
+        try:
+            input()
+        except EOFError:  # Ctrl-D: no more toggling, keep running
+            while True:
+                signal.pause()
+        broken = not broken
+        g.set_password("changed-" + secrets.token_hex(6) if broken else original)
+        now = time.strftime("%H:%M:%S")
+        if broken:
+            print(f"{now} broken: LoginFailureRateHigh fires for eu-west/carrier-a/wifi (two "
+                  f"agents agree) in about 2-3 minutes at {prom}/alerts", flush=True)
+        else:
+            print(f"{now} restored: the alert resolves about 4 minutes later, when the "
+                  "failures leave its 5m window", flush=True)
 
 
 def stack(g: Ground, loginprobe: str) -> None:
@@ -135,8 +162,7 @@ def stack(g: Ground, loginprobe: str) -> None:
             print(f"\nPrometheus has results of 3 checks from {len(AGENTS)} agents; "
                   f"{ok:.0f} of {len(AGENTS) * 3} latest logins succeeded.", flush=True)
             with contextlib.suppress(KeyboardInterrupt):
-                while True:
-                    signal.pause()
+                toggle_password_on_enter(g, prom)
             print("\nstopping: agents, collector, Prometheus, servers", flush=True)
     finally:
         stopped = []
