@@ -301,6 +301,8 @@ def main() -> int:
     p.add_argument("--metrics", action="store_true", help="with /metrics (result metrics)")
     p.add_argument("--exports", action="store_true",
                    help="with /metrics, OTLP traces and the event log")
+    p.add_argument("--success-ratio", type=float, default=0.1,
+                   help="with --exports: traces.success_sample_ratio (0: no span is sent)")
     # Internal: the load generator's side.
     p.add_argument("--load", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--address", help=argparse.SUPPRESS)
@@ -342,7 +344,7 @@ def main() -> int:
         if args.exports:
             receiver = _Receiver()
             config["traces"] = {"endpoint": receiver.address, "insecure": True,
-                                "success_sample_ratio": 0.1}
+                                "success_sample_ratio": args.success_ratio}
             config["event_log"] = {"file": str(folder / "events.jsonl")}
         elif not args.metrics:
             config["metrics_listen"] = None
@@ -422,7 +424,8 @@ def main() -> int:
         print(f"collector resident memory {rss_kib / 1024:10.0f} MiB")
         if receiver is not None:
             print(f"spans received            {receiver.spans:10,}   "
-                  f"(roots {receiver.roots:,}, about 0.1 of the results)")
+                  f"(roots {receiver.roots:,}; successes sampled at {args.success_ratio:g}, "
+                  "at most 100/s)")
             receiver.stop()
         if done["errors"]:
             print("stream errors:", *done["errors"], sep="\n  ")
