@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -268,9 +268,3 @@ def run_json(argv: list[str], cpu: int, timeout: float = 600) -> dict[str, Any]:
         raise RuntimeError(f"worker {argv[2:4]} failed ({done.returncode}):\n{done.stderr}")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
-
-
-@contextlib.contextmanager
-def section(title: str) -> Iterator[None]:
-    print(f"\n## {title}", flush=True)
-    yield

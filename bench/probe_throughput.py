@@ -7,8 +7,8 @@ servers on the other.
     .venv/bin/python -m bench.probe_throughput --runs 3 --only tcp,mqtts
 
 Every run is a fresh process: a warm-up, then N attempts with a fixed number in flight,
-timed by the process's own CPU clock (user + system). A run with any failed attempt
-aborts the benchmark: a figure for failures is worthless.
+timed by the process's own CPU clock (user + system). A run with any failed attempt is
+discarded (and said so) and run again; a figure for failures is worthless.
 """
 
 from __future__ import annotations
