@@ -10,9 +10,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from collector.exporters.otel import iso
 from collector.ingest import Accepted, Stats
 from loginprobe.wire import collector_pb2 as pb
+
+
+def iso(unix_nano: int) -> str:
+    """A result's start as ISO 8601 UTC with microseconds."""
+    return datetime.fromtimestamp(unix_nano / 1e9, UTC).isoformat(timespec="microseconds")
 
 
 def _failed_phase(msg: pb.ProbeResult) -> str:

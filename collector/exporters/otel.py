@@ -14,7 +14,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Mapping
-from datetime import UTC, datetime
 
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
@@ -228,8 +227,3 @@ class TraceExporter(Collector):
         dropped.add_metric(["over_budget"], self.over_budget)
         dropped.add_metric(["export_failed"], self.failed)
         yield dropped
-
-
-def iso(unix_nano: int) -> str:
-    """A result's start as ISO 8601 UTC with microseconds."""
-    return datetime.fromtimestamp(unix_nano / 1e9, UTC).isoformat(timespec="microseconds")
