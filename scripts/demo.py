@@ -140,7 +140,7 @@ def stack(g: Ground, loginprobe: str) -> None:
                 f"alerts      {prom}/alerts",
                 f"graph       {prom}/graph?g0.expr="
                 "sum%20by%20(check%2Cnetwork_type)%20(rate(loginprobe_attempts_total%5B1m%5D))",
-                f"logs        {folder}/*/*.log",
+                f"logs        {folder}/*/*.log (removed on exit)",
                 "",
                 "try:",
                 f"  {lp} check mqtts://alice@mqtt.test:{g.mqtts_port} --password-file {pw_file}"
