@@ -23,7 +23,6 @@ from collector.assign import assigned, changes
 from collector.auth import AuthError, Credential, credential, identify
 from collector.config import Check, Loaded, load_config
 from collector.exporters.log import EventLog
-from collector.exporters.otel import TraceExporter
 from collector.exporters.prometheus import ResultMetrics, serve_metrics
 from collector.ingest import Ingest, Refused, ResultsLog, Sink, Stats
 from loginprobe.config import ConfigError, split_host_port
@@ -386,11 +385,15 @@ async def serve(path: Path, loaded: Loaded) -> int:
     result_metrics = ResultMetrics(
         stats, config.metrics.series_ttl, config.metrics.max_label_values,
     ) if config.metrics_listen else None
-    traces = TraceExporter.otlp(
-        stats, config.traces.endpoint, config.traces.insecure,
-        config.traces.success_sample_ratio, config.traces.queue_size,
-        config.traces.max_sampled_per_second,
-    ) if config.traces else None
+    traces = None
+    if config.traces:
+        # Imported only when configured: the SDK and its gRPC exporter take time to load.
+        from collector.exporters.otel import TraceExporter
+
+        traces = TraceExporter.otlp(
+            stats, config.traces.endpoint, config.traces.insecure,
+            config.traces.success_sample_ratio, config.traces.queue_size,
+            config.traces.max_sampled_per_second)
     event_log = EventLog(stats, config.event_log.file) if config.event_log else None
     # The log first: a batch it fails to write is sent again, and must not count twice.
     sinks: list[Sink] = [s for s in (results_log, result_metrics, traces, event_log)
