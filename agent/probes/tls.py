@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio.sslproto
 import ipaddress
 import ssl
 from datetime import UTC, datetime
@@ -13,6 +14,13 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 from agent.probes.base import Attempt, Conn, ProbeFailure
 from loginprobe.reasons import Reason
 from loginprobe.result import TLSInfo
+
+_TLS_READ_BUFFER = 2 * (16 * 1024 + 256)
+# CPython's asyncio TLS transport allocates and zero-fills a 256 KiB read buffer for every
+# connection; a login's records are a few KiB. With 1,000 attempts in flight that buffer was
+# most of the process's memory (351 MiB against 78 MiB). Two full TLS records still fit.
+if getattr(asyncio.sslproto.SSLProtocol, "max_size", 0) > _TLS_READ_BUFFER:
+    asyncio.sslproto.SSLProtocol.max_size = _TLS_READ_BUFFER
 
 _ISO = "%Y-%m-%dT%H:%M:%SZ"
 _DER = 2  # _ssl.ENCODING_DER, for the 3.11/3.12 Certificate objects of the chain
