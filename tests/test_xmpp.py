@@ -195,6 +195,21 @@ async def test_wrong_password(ground: Ground) -> None:
     assert any("mechanism='SCRAM-SHA-1'" in line for line in sent)
 
 
+async def test_salted_password_cache_keeps_verdicts_apart_and_holds_no_password(
+    ground: Ground,
+) -> None:
+    # The derived key is cached per (password, salt, rounds): a right and a wrong password
+    # in turn must still get their own verdicts, and the cache must not hold the password.
+    for password, reason in [
+        (ground.password, Reason.OK),
+        ("not-the-password", Reason.AUTH_REJECTED),
+    ] * 2:
+        result = await check("xmpp://alice@xmpp.test", password, ground=ground)
+        assert result.reason is reason
+    assert xmpp._SALTED_CACHE
+    assert all(ground.password.encode() not in b"".join(k[1:3]) for k in xmpp._SALTED_CACHE)
+
+
 async def test_unknown_user(ground: Ground) -> None:
     result = await check("xmpp://nobody@xmpp.test", ground.password, ground=ground)
     assert_reason(result, Reason.AUTH_REJECTED, "not-authorized")
