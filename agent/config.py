@@ -14,8 +14,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, FilePath, fi
 from pydantic import ValidationInfo as Info
 
 from loginprobe.cli import UsageError, parse_resolver
-from loginprobe.config import Seconds, Strict, is_loopback, load, split_host_port
-from loginprobe.target import TargetError, parse_target
+from loginprobe.config import Seconds, Strict, TargetURL, is_loopback, load, split_host_port
+from loginprobe.target import parse_target
 
 _SIZES = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9,
           "kib": 2**10, "mib": 2**20, "gib": 2**30}
@@ -183,7 +183,7 @@ class Check(Strict):
     """A check this agent runs whatever the collector assigns."""
 
     name: str = Field(min_length=1)
-    url: str
+    url: TargetURL
     interval: Seconds = 60.0
     timeout: Seconds | None = None  # None: 10 s, or the interval when that is shorter
     password_env: str | None = None
@@ -191,15 +191,6 @@ class Check(Strict):
     ca_file: FilePath | None = None
     insecure: bool = False
     resolver: str | None = None
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        try:
-            parse_target(v)
-        except TargetError as exc:
-            raise ValueError(str(exc)) from None
-        return v
 
     @field_validator("timeout")
     @classmethod

@@ -13,8 +13,7 @@ from pydantic import AfterValidator, Field, FilePath, field_validator
 from pydantic import ValidationInfo as Info
 
 from loginprobe.cli import UsageError, parse_resolver
-from loginprobe.config import Seconds, Strict, is_loopback, load, split_host_port
-from loginprobe.target import TargetError, parse_target
+from loginprobe.config import Seconds, Strict, TargetURL, is_loopback, load, split_host_port
 
 
 def _address(value: str) -> str:
@@ -105,7 +104,7 @@ class Check(Strict):
     """A check the collector assigns to every agent whose labels match the selector."""
 
     name: Name
-    url: str
+    url: TargetURL
     interval: Seconds = 60.0
     timeout: Seconds = Field(default=10.0, validate_default=True)
     # The NAME of a password the agent looks up in its own config; never the password.
@@ -115,15 +114,6 @@ class Check(Strict):
     resolver: str | None = None
     labels: Labels = {}
     selector: Labels = {}  # empty: every agent
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        try:
-            parse_target(v)
-        except TargetError as exc:
-            raise ValueError(str(exc)) from None
-        return v
 
     @field_validator("timeout")
     @classmethod

@@ -9,7 +9,28 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+)
+
+from loginprobe.target import TargetError, parse_target
+
+
+def _target_url(url: str) -> str:
+    try:
+        parse_target(url)
+    except TargetError as exc:
+        raise ValueError(str(exc)) from None
+    return url
+
+
+# A check's URL, refused at load time (with its line) when it cannot be probed.
+TargetURL = Annotated[str, AfterValidator(_target_url)]
 
 M = TypeVar("M", bound=BaseModel)
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
