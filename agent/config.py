@@ -8,7 +8,7 @@ import ipaddress
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, FilePath, field_validator
 from pydantic import ValidationInfo as Info
@@ -244,24 +244,16 @@ class AgentConfig(Strict):
     concurrency: int = Field(default=64, ge=1, le=10_000)  # probes running at once
     listen: str | None = "127.0.0.1:9465"  # /metrics and /healthz; null turns them off
 
-    @field_validator("checks")
+    @field_validator("checks", "paths")
     @classmethod
-    def _unique_names(cls, v: list[Check]) -> list[Check]:
+    def _unique_names(cls, v: list[Check] | list[NetworkPath], info: Info) -> list[Any]:
         seen: set[str] = set()
-        for c in v:
-            if c.name in seen:
-                raise ValueError(f"two checks are named {c.name!r}; names must be unique")
-            seen.add(c.name)
-        return v
-
-    @field_validator("paths")
-    @classmethod
-    def _distinct_paths(cls, v: list[NetworkPath]) -> list[NetworkPath]:
-        seen: set[str] = set()
-        for p in v:
-            if p.name in seen:
-                raise ValueError(f"two paths are named {p.name!r}; names must be unique")
-            seen.add(p.name)
+        for item in v:
+            if item.name in seen:
+                raise ValueError(
+                    f"two {info.field_name} are named {item.name!r}; names must be unique"
+                )
+            seen.add(item.name)
         return v
 
     @field_validator("listen")
