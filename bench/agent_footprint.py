@@ -25,8 +25,7 @@ from bench.common import (
     machine,
     process_cpu_seconds,
 )
-from tests.fleet import Collector, collector_config, new_token, wait_for
-from tests.test_agent import Agent
+from devstack.fleet import Agent, Collector, collector_config, new_token, wait_for
 
 
 def rss_mib(pid: int) -> tuple[float, float]:

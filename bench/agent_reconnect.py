@@ -22,8 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.common import PROBE_CPU, SERVER_CPU, Acceptor, load_note, machine, median
-from tests.fleet import PKI, Collector, collector_config, new_token, wait_for
-from tests.test_agent import Agent
+from devstack.fleet import PKI, Agent, Collector, collector_config, new_token, wait_for
 
 
 def results_size(collector: Collector) -> int:

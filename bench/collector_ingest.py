@@ -47,11 +47,11 @@ from bench.common import (
     process_cpu_seconds,
     raise_nofile,
 )
+from devstack.fleet import PKI, Collector, collector_config, new_token
 from loginprobe.codec import Report, to_wire
 from loginprobe.reasons import Reason
 from loginprobe.result import DNSInfo, Phase, Result, TLSInfo
 from loginprobe.wire import collector_pb2 as pb
-from tests.fleet import PKI, Collector, collector_config, new_token
 
 COLLECTOR_CPU, LOAD_CPU = PROBE_CPU, SERVER_CPU
 CONNECT = "/loginprobe.v1.CollectorService/Connect"
@@ -258,7 +258,7 @@ class _Receiver:
         from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as otlp
         from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as otlp_grpc
 
-        from tests.fleet import free_port
+        from devstack.fleet import free_port
 
         self.spans = self.roots = 0
         receiver = self

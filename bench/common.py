@@ -151,7 +151,7 @@ class Ground(Server):
     """The test ground (prosody, mosquitto, nginx, unbound) on the servers' core."""
 
     def __init__(self) -> None:
-        super().__init__([python(), "-m", "tests.peers.ground"])
+        super().__init__([python(), "-m", "devstack.ground"])
         self.info: dict[str, Any] = {}
 
     def __enter__(self) -> Ground:

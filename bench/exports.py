@@ -28,10 +28,10 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 
 from bench.collector_ingest import _template
 from bench.common import load_note, machine
-from collector.exporters.log import EventLog
-from collector.exporters.otel import TraceExporter
-from collector.exporters.prometheus import ResultMetrics, StatsCollector
-from collector.ingest import Accepted, Ingest, Stats
+from loginprobe.collector.exporters.log import EventLog
+from loginprobe.collector.exporters.otel import TraceExporter
+from loginprobe.collector.exporters.prometheus import ResultMetrics, StatsCollector
+from loginprobe.collector.ingest import Accepted, Ingest, Stats
 from loginprobe.wire import collector_pb2 as pb
 
 REGIONS = [f"region-{i}" for i in range(10)]

@@ -57,7 +57,8 @@ def peak_rss_kib(argv: list[str], env: dict[str, str] | None = None) -> tuple[in
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
     """count attempts at once in this process: RSS before (imports done) and at the peak."""
     raise_nofile(spec["count"] + 512)
-    from agent.probes import ProbeOptions, run_check
+    from loginprobe.probes.attempt import ProbeOptions
+    from loginprobe.probes.run import run_check
     from loginprobe.target import parse_target
 
     target = parse_target(spec["url"])

@@ -133,7 +133,8 @@ async def measured(
 
 
 def worker_loginprobe(spec: dict[str, Any]) -> dict[str, Any]:
-    from agent.probes import ProbeOptions, run_check
+    from loginprobe.probes.attempt import ProbeOptions
+    from loginprobe.probes.run import run_check
     from loginprobe.target import parse_target
 
     target = parse_target(spec["url"])

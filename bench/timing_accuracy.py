@@ -207,7 +207,8 @@ def report(row: str, runs: list[list[tuple[float, float]]]) -> None:
 
 
 async def our_attempts(url: str, ca_file: str, count: int, in_flight: int) -> list[Any]:
-    from agent.probes import ProbeOptions, run_check
+    from loginprobe.probes.attempt import ProbeOptions
+    from loginprobe.probes.run import run_check
     from loginprobe.result import Result
     from loginprobe.target import parse_target
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import json
 import logging
 import os
@@ -12,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from loginprobe import __version__
+from loginprobe.address import parse_resolver
 from loginprobe.config import ConfigError
 from loginprobe.target import Target, TargetError, parse_target
 
@@ -23,29 +23,11 @@ class UsageError(Exception):
     """A bad argument or config: printed on stderr, exit status 2, nothing probed."""
 
 
-def parse_resolver(text: str) -> tuple[str, int]:
-    """IP, IP:PORT, [IPv6] or [IPv6]:PORT."""
-    host, port = text, 53
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        if rest:
-            port = _port(rest.removeprefix(":"), text)
-    elif text.count(":") == 1:
-        host, _, p = text.partition(":")
-        port = _port(p, text)
+def _resolver(text: str | None) -> tuple[str, int] | None:
     try:
-        return str(ipaddress.ip_address(host)), port
-    except ValueError:
-        raise UsageError(
-            f"--resolver {text!r}: expected an IP address with an optional port, "
-            "e.g. 192.0.2.53 or 192.0.2.53:5353 or [2001:db8::53]:53"
-        ) from None
-
-
-def _port(text: str, whole: str) -> int:
-    if text.isdigit() and 0 < int(text) < 65536:
-        return int(text)
-    raise UsageError(f"--resolver {whole!r}: {text!r} is not a port number (1-65535)")
+        return parse_resolver(text) if text else None
+    except ValueError as exc:
+        raise UsageError(f"--resolver {exc}") from None
 
 
 def read_password(target: Target, env_name: str | None, file_path: str | None) -> str | None:
@@ -136,14 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         daemon = sub.add_parser(name, help=job, description=job)
         daemon.add_argument("--config", required=True, metavar="FILE", help="YAML config file")
-    from collector.compare import add_parser as add_compare  # its options live beside its code
+    from loginprobe.compare import add_parser as add_compare  # its options live beside its code
 
     add_compare(sub)
     return parser
 
 
 def run_check_command(args: argparse.Namespace) -> int:
-    from agent.probes import ProbeOptions, run_check
+    from loginprobe.probes.attempt import ProbeOptions
+    from loginprobe.probes.run import run_check
     from loginprobe.render import waterfall
 
     try:
@@ -156,7 +139,7 @@ def run_check_command(args: argparse.Namespace) -> int:
         password=read_password(target, args.password_env, args.password_file),
         ca_file=args.ca_file,
         insecure=args.insecure,
-        resolver=parse_resolver(args.resolver) if args.resolver else None,
+        resolver=_resolver(args.resolver),
         timeout=args.timeout,
         interface=args.interface,
         source_address=args.source,
@@ -179,15 +162,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check":
             return run_check_command(args)
         if args.command == "agent":
-            from agent.main import run as run_agent
+            from loginprobe.agent.main import run as run_agent
 
             return run_agent(args.config)
         if args.command == "collector":
-            from collector.main import run as run_collector
+            from loginprobe.collector.main import run as run_collector
 
             return run_collector(args.config)
         if args.command == "compare":
-            from collector.compare import run as run_compare
+            from loginprobe.compare import run as run_compare
 
             return run_compare(args)
     except (UsageError, ConfigError) as exc:

@@ -18,6 +18,7 @@ from pydantic import (
     ValidationError,
 )
 
+from loginprobe.address import parse_resolver
 from loginprobe.target import TargetError, parse_target
 
 
@@ -28,6 +29,14 @@ def _target_url(url: str) -> str:
         raise ValueError(str(exc)) from None
     return url
 
+
+def _resolver(text: str) -> str:
+    parse_resolver(text)  # its ValueError says what was expected
+    return text
+
+
+# A DNS resolver written IP[:PORT], refused at load time when it is not one.
+Resolver = Annotated[str, AfterValidator(_resolver)]
 
 # A check's URL, refused at load time (with its line) when it cannot be probed.
 TargetURL = Annotated[str, AfterValidator(_target_url)]
@@ -48,15 +57,6 @@ def _seconds(value: object) -> object:
 
 # A positive duration in seconds, written as a number or with a unit.
 Seconds = Annotated[float, BeforeValidator(_seconds), Field(gt=0)]
-
-
-def split_host_port(text: str) -> tuple[str, int]:
-    """HOST:PORT or [IPv6]:PORT, for addresses in config files."""
-    host, sep, port = text.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{text!r}: expected HOST:PORT, e.g. 127.0.0.1:7443")
-    return host, int(port)
 
 
 def is_loopback(host: str) -> bool:

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.peers.ground import Ground
+from devstack.ground import Ground
 
 
 @pytest.fixture(scope="session")

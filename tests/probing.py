@@ -9,10 +9,11 @@ import json
 import socket
 from typing import Any
 
-from agent.probes import ProbeOptions, run_check
+from devstack.ground import Ground
+from loginprobe.probes.attempt import ProbeOptions
+from loginprobe.probes.run import run_check
 from loginprobe.result import Result
 from loginprobe.target import parse_target
-from tests.peers.ground import Ground
 
 
 def options(ground: Ground, **overrides: Any) -> ProbeOptions:

@@ -20,9 +20,10 @@ from typing import Any
 
 import pytest
 
-from tests.fleet import (
+from devstack.fleet import (
     PKI,
     ROOT,
+    Agent,
     Collector,
     Proc,
     collector_config,
@@ -30,9 +31,6 @@ from tests.fleet import (
     new_token,
     wait_for,
 )
-
-# Agent lives in tests/fleet.py (the demo uses it too); bench/ still imports it from here.
-from tests.fleet import Agent as Agent
 
 # The outage is 30 s; LOGINPROBE_TEST_OUTAGE_SECONDS shortens it for a quick run.
 OUTAGE_SECONDS = float(os.environ.get("LOGINPROBE_TEST_OUTAGE_SECONDS", "30"))
@@ -186,7 +184,7 @@ def login_server(tmp_path: Path) -> Iterator[tuple[int, str]]:
     users = tmp_path / "users.json"
     users.write_text(json.dumps({"alice": password}), encoding="utf-8")
     port = free_port()
-    server = subprocess.Popen([sys.executable, str(ROOT / "tests/peers/json_login.py"),
+    server = subprocess.Popen([sys.executable, str(ROOT / "devstack/json_login.py"),
                                str(port), str(users)], stderr=subprocess.DEVNULL)
     try:
         wait_for("the login server", lambda: socket.socket().connect_ex(

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from agent.backoff import Backoff
-from agent.config import AgentConfig, load_config
-from agent.paths import ProbePath
-from agent.probes import ProbeOptions
-from agent.scheduler import ASSIGNED, LOCAL, CheckSpec, Scheduler, first_offset
+from loginprobe.agent.backoff import Backoff
+from loginprobe.agent.config import AgentConfig, load_config
+from loginprobe.agent.network_paths import ProbePath
+from loginprobe.agent.scheduler import ASSIGNED, LOCAL, CheckSpec, Scheduler, first_offset
 from loginprobe.codec import Report
 from loginprobe.config import ConfigError
+from loginprobe.probes.attempt import ProbeOptions
 from loginprobe.reasons import Reason
 from loginprobe.result import Result
 from loginprobe.target import Target

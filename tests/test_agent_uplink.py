@@ -17,11 +17,11 @@ from typing import Any
 
 import grpc
 
-from agent.config import AgentConfig
-from agent.paths import ProbePath
-from agent.scheduler import Scheduler
-from agent.spool import Spool
-from agent.uplink import Uplink, encode
+from loginprobe.agent.config import AgentConfig
+from loginprobe.agent.network_paths import ProbePath
+from loginprobe.agent.scheduler import Scheduler
+from loginprobe.agent.spool import Spool
+from loginprobe.agent.uplink import Uplink, encode
 from loginprobe.codec import Report
 from loginprobe.reasons import Reason
 from loginprobe.result import Result

@@ -18,12 +18,12 @@ from typing import Any
 import grpc
 import pytest
 
-from collector.config import load_config
+from devstack.fleet import PKI, ROOT, Collector, collector_config, new_token, wait_for, write_yaml
 from loginprobe.codec import Report, to_wire
+from loginprobe.collector.config import load_config
 from loginprobe.reasons import Reason
 from loginprobe.result import Phase, Result
 from loginprobe.wire import collector_pb2 as pb
-from tests.fleet import PKI, ROOT, Collector, collector_config, new_token, wait_for, write_yaml
 
 TIMEOUT = 5.0
 CONNECT = "/loginprobe.v1.CollectorService/Connect"

@@ -11,12 +11,12 @@ from pathlib import Path
 import grpc
 import pytest
 
-from collector.assign import assigned, changes
-from collector.auth import AuthError, Credential, credential, identify
-from collector.config import Agent, Check
-from collector.ingest import Ingest, Refused, ResultsLog, Stats
-from collector.server import Bucket, check_to_wire
 from loginprobe.codec import Report, check_wire, from_wire, to_wire
+from loginprobe.collector.assign import assigned, changes
+from loginprobe.collector.auth import AuthError, Credential, credential, identify
+from loginprobe.collector.config import Agent, Check
+from loginprobe.collector.ingest import Ingest, Refused, ResultsLog, Stats
+from loginprobe.collector.server import Bucket, check_to_wire
 from loginprobe.reasons import Reason
 from loginprobe.result import Phase, Result
 from loginprobe.wire import collector_pb2 as pb

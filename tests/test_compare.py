@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from collector.compare import (
+from loginprobe.compare import (
     Group,
     Phase,
     compare_groups,

@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
-from tests.fleet import PKI, ROOT, Agent, Collector, collector_config, new_token, wait_for
-from tests.peers.ground import Ground
-from tests.peers.prometheus import alerts, prometheus, query
+from devstack.fleet import PKI, ROOT, Agent, Collector, collector_config, new_token, wait_for
+from devstack.ground import Ground
+from devstack.prometheus import alerts, prometheus, query
 from tests.test_dashboards import Query, panel_queries, substitute, variable_queries
 
 RULES = ROOT / "grafana" / "rules" / "loginprobe.rules.yml"

@@ -25,15 +25,15 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
 from prometheus_client.parser import text_string_to_metric_families
 
-from collector.exporters.otel import TraceExporter
-from collector.exporters.prometheus import OVERFLOW, ResultMetrics, StatsCollector
-from collector.ingest import Ingest, Stats
+from devstack.fleet import Collector, collector_config, free_port, new_token, wait_for
+from devstack.prometheus import prometheus, query
 from loginprobe.codec import Report, to_wire
+from loginprobe.collector.exporters.otel import TraceExporter
+from loginprobe.collector.exporters.prometheus import OVERFLOW, ResultMetrics, StatsCollector
+from loginprobe.collector.ingest import Ingest, Stats
 from loginprobe.reasons import Reason
 from loginprobe.result import Phase, Result, TLSInfo
 from loginprobe.wire import collector_pb2 as pb
-from tests.fleet import Collector, collector_config, free_port, new_token, wait_for
-from tests.peers.prometheus import prometheus, query
 from tests.test_collector import Stream
 
 # CONTRACT.md section 4, verbatim.

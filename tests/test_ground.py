@@ -18,8 +18,8 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from tests.peers import faults
-from tests.peers.ground import Ground, http_get, mqtt_connack, xmpp_stream_header
+from devstack import faults
+from devstack.ground import Ground, http_get, mqtt_connack, xmpp_stream_header
 
 CONNACK_OK = b"\x20\x02\x00\x00"
 CONNACK_BAD_CREDENTIALS = b"\x20\x02\x00\x05"

@@ -7,13 +7,12 @@ import time
 
 import pytest
 
-from agent.probes import ProbeOptions
-from agent.probes.base import Attempt
-from agent.probes.http import build_request
+from devstack import fakes
+from devstack.ground import Ground
+from loginprobe.probes.attempt import Attempt, ProbeOptions
+from loginprobe.probes.http import build_request
 from loginprobe.result import Result
 from loginprobe.target import parse_target
-from tests.peers import fakes
-from tests.peers.ground import Ground
 from tests.probing import check, options, phases
 
 FAKE_PASSWORD = "fake-Pa55word-never-shown"

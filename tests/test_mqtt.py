@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from agent.probes import ProbeOptions
-from agent.probes.mqtt import connect_packet, parse_properties
-from tests.peers import fakes
-from tests.peers.ground import Ground
+from devstack import fakes
+from devstack.ground import Ground
+from loginprobe.probes.attempt import ProbeOptions
+from loginprobe.probes.mqtt import connect_packet, parse_properties
 from tests.probing import check, closed_port, options, phases
 
 FAKE_PASSWORD = "fake-Pa55word-never-shown"

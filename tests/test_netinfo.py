@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.netinfo import (
+from loginprobe.agent.netinfo import (
     NetworkContext,
     detect_network_type,
     network_context,

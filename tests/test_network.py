@@ -13,13 +13,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent.probes import ProbeOptions, run_check
-from agent.probes.base import Attempt
+from devstack import faults
+from devstack.ground import Ground
+from loginprobe.probes.attempt import Attempt, ProbeOptions
+from loginprobe.probes.run import run_check
 from loginprobe.reasons import Reason, Step
 from loginprobe.result import Result
 from loginprobe.target import parse_target
-from tests.peers import faults
-from tests.peers.ground import Ground
 from tests.probing import check, closed_port, options
 
 

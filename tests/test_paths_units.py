@@ -13,14 +13,15 @@ from typing import Any
 
 import pytest
 
-from agent.config import load_config
-from agent.paths import ProbePath
-from agent.probes import ProbeOptions, run_check
-from agent.scheduler import LOCAL, CheckSpec, Scheduler
-from collector.exporters.prometheus import ResultMetrics
-from collector.ingest import Ingest, Stats
+from loginprobe.agent.config import load_config
+from loginprobe.agent.network_paths import ProbePath
+from loginprobe.agent.scheduler import LOCAL, CheckSpec, Scheduler
 from loginprobe.codec import Report, from_wire, to_wire
+from loginprobe.collector.exporters.prometheus import ResultMetrics
+from loginprobe.collector.ingest import Ingest, Stats
 from loginprobe.config import ConfigError
+from loginprobe.probes.attempt import ProbeOptions
+from loginprobe.probes.run import run_check
 from loginprobe.reasons import Reason
 from loginprobe.result import NetworkContext, Phase, Result
 from loginprobe.target import Target, parse_target

@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from tests.peers import fakes
-from tests.peers.ground import Ground
+from devstack import fakes
+from devstack.ground import Ground
 
 WRONG = "Wr0ng-but-still-Secret"
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.spool import Spool, SpoolError
+from loginprobe.agent.spool import Spool, SpoolError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -97,7 +97,7 @@ async def test_size_limit_drops_the_oldest_counts_them_and_bounds_the_file(
 ) -> None:
     s = Spool(tmp_path / "spool.db", max_bytes=50_000, max_age=3600)
     await s.open()
-    caplog.set_level(logging.WARNING, "agent.spool")
+    caplog.set_level(logging.WARNING, "loginprobe.agent.spool")
     try:
         for _ in range(1500):  # 150 kB through a 50 kB spool
             await s.append(lambda seq: payload(seq, 100))
@@ -167,7 +167,7 @@ async def test_a_full_disk_drops_and_counts_and_the_spool_goes_on(
 ) -> None:
     s = Spool(tiny_disk / "spool.db", max_bytes=100 << 20, max_age=3600)
     await s.open()
-    caplog.set_level(logging.WARNING, "agent.spool")
+    caplog.set_level(logging.WARNING, "loginprobe.agent.spool")
     try:
         for _ in range(10):
             await s.append(payload)
@@ -198,7 +198,7 @@ async def test_a_full_disk_drops_and_counts_and_the_spool_goes_on(
 WRITER = textwrap.dedent("""
     import asyncio, sys
     from pathlib import Path
-    from agent.spool import Spool
+    from loginprobe.agent.spool import Spool
 
     async def main():
         s = Spool(Path(sys.argv[1]), 1 << 30, 3600)

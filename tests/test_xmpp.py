@@ -12,13 +12,20 @@ from pathlib import Path
 
 import pytest
 
-from agent.probes import ProbeOptions, run_check, xmpp
-from agent.probes.base import MAX_MESSAGE_BYTES, MAX_TOTAL_BYTES, Attempt, ProbeFailure
+from devstack import certs, fakes
+from devstack.ground import Ground
+from loginprobe.probes import xmpp
+from loginprobe.probes.attempt import (
+    MAX_MESSAGE_BYTES,
+    MAX_TOTAL_BYTES,
+    Attempt,
+    ProbeFailure,
+    ProbeOptions,
+)
+from loginprobe.probes.run import run_check
 from loginprobe.reasons import Reason
 from loginprobe.result import Result
 from loginprobe.target import parse_target
-from tests.peers import certs, fakes
-from tests.peers.ground import Ground
 
 FAKE_PASSWORD = "fake-Pa55word!"
 READ = 65536

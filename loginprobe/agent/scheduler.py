@@ -1,0 +1,205 @@
+"""Runs every check on its interval, each at its own hashed offset so a thousand checks do not
+fire at once, on every network path at the same moment, under one concurrency limit, and
+hands each Result on as a Report."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import os
+import random
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from loginprobe.address import parse_resolver
+from loginprobe.agent import config
+from loginprobe.agent.network_paths import ProbePath
+from loginprobe.codec import Report
+from loginprobe.probes.attempt import ProbeOptions
+from loginprobe.probes.run import run_check
+from loginprobe.result import Result
+from loginprobe.target import Target, parse_target
+
+log = logging.getLogger(__name__)
+
+Probe = Callable[[Target, ProbeOptions], Awaitable[Result]]
+Sink = Callable[[Report], Awaitable[object]]
+LOCAL, ASSIGNED = "local", "assigned"
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    """One check as the scheduler runs it, whether from the config file or the collector."""
+
+    name: str
+    target: Target
+    interval: float
+    timeout: float
+    password: config.PasswordSource | None = field(default=None, repr=False)
+    ca_file: str | None = None
+    insecure: bool = False
+    resolver: tuple[str, int] | None = None
+
+    @classmethod
+    def build(
+        cls, name: str, url: str, interval: float, timeout: float | None, *,
+        password: config.PasswordSource | None = None, ca_file: str | None = None,
+        insecure: bool = False, resolver: str | None = None,
+    ) -> CheckSpec:
+        """Raises ValueError (a TargetError, a bad resolver) saying what is wrong."""
+        if not name or not interval > 0:
+            raise ValueError("a check needs a name and an interval above zero")
+        # A run may never outlast its interval, or runs of one check would pile up.
+        timeout = min(timeout or 10.0, interval)
+        address = parse_resolver(resolver) if resolver else None
+        return cls(
+            name, parse_target(url), interval, timeout, password, ca_file or None, insecure,
+            address,
+        )
+
+    @classmethod
+    def from_config(cls, c: config.Check) -> CheckSpec:
+        return cls.build(
+            c.name, c.url, c.interval, c.effective_timeout,
+            password=c.password if c.password_env or c.password_file else None,
+            ca_file=str(c.ca_file) if c.ca_file else None, insecure=c.insecure,
+            resolver=c.resolver,
+        )
+
+    def options(self) -> ProbeOptions:
+        password = None
+        if self.password is not None:
+            try:
+                password = self.password.read()
+            except OSError as exc:  # the attempt still runs and fails visibly at login
+                log.error("check %s: cannot read its password file (%s)", self.name, exc.strerror)
+        return ProbeOptions(
+            password=password, ca_file=self.ca_file, insecure=self.insecure,
+            resolver=self.resolver, timeout=self.timeout,
+        )
+
+
+def first_offset(salt: bytes, name: str, interval: float) -> float:
+    """Where in its interval a check runs: a hash spreads checks evenly and keeps each one's
+    phase stable across reloads; the salt differs per agent, so agents sharing a check do
+    not hit its server in the same instant."""
+    digest = hashlib.sha256(salt + name.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 * interval
+
+
+class Scheduler:
+    def __init__(
+        self, sink: Sink, paths: Sequence[ProbePath], concurrency: int,
+        probe: Probe = run_check, salt: bytes | None = None,
+    ) -> None:
+        if not paths:
+            raise ValueError("the scheduler needs at least one network path")
+        self._sink = sink
+        self._paths = list(paths)
+        self._probe = probe
+        self._salt = os.urandom(8) if salt is None else salt
+        self._slots = asyncio.Semaphore(concurrency)
+        self._loops: dict[tuple[str, str], tuple[CheckSpec, asyncio.Task[None]]] = {}
+        self._runs: set[asyncio.Task[None]] = set()
+        self._epoch = asyncio.get_running_loop().time()
+        self._stopping = False
+        self.in_flight = 0  # probes holding a slot right now
+        self.skipped_total = 0  # runs not started because the previous one still waited
+        self.clock_offset_ns = 0  # collector clock - our clock, set by the uplink
+
+    def count(self, source: str) -> int:
+        """Checks scheduled from source. Safe from the metrics thread: list() copies the
+        keys in one step under the GIL, where iterating the dict could see it change."""
+        return sum(1 for src, _ in list(self._loops) if src == source)
+
+    def replace(self, source: str, specs: Iterable[CheckSpec]) -> None:
+        """Make specs the whole set for source (local or assigned)."""
+        specs = list(specs)
+        keep = {s.name for s in specs}
+        gone = [name for (src, name) in self._loops if src == source and name not in keep]
+        self.remove(source, gone)
+        self.upsert(source, specs)
+
+    def upsert(self, source: str, specs: Iterable[CheckSpec]) -> None:
+        """Add or change checks. An unchanged check keeps running undisturbed, so the full
+        set the collector re-sends on every reconnect costs nothing."""
+        for spec in specs:
+            key = (source, spec.name)
+            old = self._loops.get(key)
+            if old and old[0] == spec:
+                continue
+            if old:
+                old[1].cancel()  # its run in flight, if any, finishes and is spooled
+            log.info("%s check %s: %s every %gs", "changed" if old else "added", spec.name,
+                     spec.target.url, spec.interval)
+            self._loops[key] = (spec, asyncio.create_task(self._every(spec)))
+
+    def remove(self, source: str, names: Iterable[str]) -> None:
+        for name in names:
+            entry = self._loops.pop((source, name), None)
+            if entry:
+                entry[1].cancel()
+                log.info("removed check %s", name)
+
+    async def stop(self) -> None:
+        """Schedule nothing more; let the probes in flight finish (each is bounded by its
+        timeout) and hand on their results."""
+        self._stopping = True
+        loops = [task for _, task in self._loops.values()]
+        self._loops.clear()
+        for task in loops:
+            task.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+        await asyncio.gather(*self._runs, return_exceptions=True)
+
+    async def _every(self, spec: CheckSpec) -> None:
+        loop = asyncio.get_running_loop()
+        # Runs fall at epoch + offset + k * interval: the same instants after a change or a
+        # re-sent assignment as before it.
+        phase = self._epoch + first_offset(self._salt, spec.name, spec.interval)
+        next_at = phase + max(0, math.ceil((loop.time() - phase) / spec.interval)) * spec.interval
+        previous: asyncio.Task[None] | None = None
+        while True:
+            await asyncio.sleep(next_at - loop.time())
+            if previous is not None and not previous.done():
+                # The last run has not finished (it waited long for a slot): starting
+                # another would only grow the queue.
+                self.skipped_total += 1
+            else:
+                previous = asyncio.create_task(self._run(spec))
+                self._runs.add(previous)
+                previous.add_done_callback(self._runs.discard)
+            next_at += spec.interval
+            if next_at < loop.time():  # we were suspended or starved: skip, don't burst
+                next_at += math.ceil((loop.time() - next_at) / spec.interval) * spec.interval
+
+    async def _run(self, spec: CheckSpec) -> None:
+        """One run of a check: an attempt on every path at once, so the paths' samples are
+        paired (same moment, same server load). The order is shuffled on each run: the
+        attempt started first on the event loop must not always be the same path's."""
+        options = spec.options()
+        paths = random.sample(self._paths, len(self._paths))
+        await asyncio.gather(*(self._attempt(spec, options, path) for path in paths))
+
+    async def _attempt(self, spec: CheckSpec, options: ProbeOptions, path: ProbePath) -> None:
+        async with self._slots:
+            if self._stopping:  # queued, not started: nothing is lost by not starting
+                return
+            self.in_flight += 1
+            try:
+                result = await self._probe(spec.target, path.options(options))
+            finally:
+                self.in_flight -= 1
+        try:
+            result.network = await path.context(result.resolved_address)
+            report = Report(
+                result=result, seq=0, check=spec.name, trace_id=os.urandom(16),
+                clock_offset_ns=self.clock_offset_ns,
+                labels=path.result_labels(result.network),
+            )
+            await self._sink(report)
+        except Exception:  # a spool failure must not end the schedule
+            log.exception("check %s on path %s: could not store its result", spec.name,
+                          path.name)

@@ -1,0 +1,87 @@
+"""Attempts as JSON lines for Loki or any log system: one per failed attempt, and one when
+a check of an agent's network path starts failing or recovers, each with its trace id."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from loginprobe.collector.ingest import Accepted, Stats
+from loginprobe.wire import collector_pb2 as pb
+
+
+def iso(unix_nano: int) -> str:
+    """A result's start as ISO 8601 UTC with microseconds."""
+    return datetime.fromtimestamp(unix_nano / 1e9, UTC).isoformat(timespec="microseconds")
+
+
+def _failed_phase(msg: pb.ProbeResult) -> str:
+    for phase in msg.phases:
+        if not phase.ok and not phase.skipped:
+            return phase.name
+    return msg.step
+
+
+class EventLog:
+    """A sink. Successes cost one check of an empty dict while nothing fails: only failures
+    are decoded, and only their fields. Messages arrive scrubbed of secrets by the probe;
+    nothing else in a result can carry one (a check names its password, never holds it)."""
+
+    def __init__(self, stats: Stats, path: Path | None = None) -> None:
+        self.stats = stats
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self._out: IO[str] = path.open("a", encoding="utf-8") if path else sys.stderr
+        self._owned = path is not None
+        # (agent, path, check) failing now -> the line that said so, for the recovery
+        self._failing: dict[tuple[str, str, str], dict[str, Any]] = {}
+
+    def __call__(self, batch: Accepted) -> None:
+        agent, fixed = batch.agent, batch.fixed_labels
+        claimed = self.stats.labels.get(agent, {})
+        failing = self._failing
+        lines: list[dict[str, Any]] = []
+        for msg in batch.results:
+            if msg.success:
+                if failing:  # nothing to recover while nothing fails
+                    key = (agent, msg.labels.get("path", ""), msg.check)
+                    first = failing.pop(key, None)
+                    if first is not None:
+                        lines.append(self._state("check_recovered", key, msg, {
+                            "failing_since": first["started_at"],
+                            "failed_reason": first["reason"]}))
+                continue
+            labels: Mapping[str, str] = {**claimed, **msg.labels, **fixed}
+            key = (agent, msg.labels.get("path", ""), msg.check)
+            line = {
+                "event": "attempt_failed", "agent": agent, "check": msg.check,
+                "target": msg.url, "protocol": msg.protocol, "labels": dict(labels),
+                "reason": msg.reason, "step": msg.step, "phase": _failed_phase(msg),
+                "message": msg.message, "hint": msg.hint, "trace_id": msg.trace_id.hex(),
+                "started_at": iso(msg.started_at_unix_nano),
+                "duration_seconds": msg.duration_ns / 1e9,
+            }
+            lines.append(line)
+            if key not in failing:
+                failing[key] = line
+                lines.append(self._state("check_failing", key, msg, {"reason": msg.reason}))
+        if lines:
+            now = datetime.now(UTC).isoformat(timespec="milliseconds")
+            self._out.write("".join(json.dumps({"time": now, **line}) + "\n" for line in lines))
+            self._out.flush()
+
+    @staticmethod
+    def _state(event: str, key: tuple[str, str, str], msg: pb.ProbeResult,
+               extra: dict[str, Any]) -> dict[str, Any]:
+        agent, path, check = key
+        return {"event": event, "agent": agent, "path": path, "check": check,
+                "target": msg.url, **extra, "trace_id": msg.trace_id.hex(),
+                "started_at": iso(msg.started_at_unix_nano)}
+
+    def close(self) -> None:
+        if self._owned:
+            self._out.close()

@@ -1,0 +1,457 @@
+"""Results and the collector's own counters as Prometheus metrics (CONTRACT.md section 4):
+custom collectors on an explicit registry, served on /metrics by a small HTTP thread."""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    Exemplar,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import ThreadingWSGIServer, choose_encoder
+from prometheus_client.registry import Collector
+
+from loginprobe.collector.ingest import Accepted, Stats
+
+log = logging.getLogger(__name__)
+
+_NETWORK_TYPES = frozenset({"wifi", "cellular", "wired", "unknown"})
+OVERFLOW = "__overflow__"  # the value a label takes past the cardinality cap
+
+
+def _path(labels: dict[str, str]) -> list[str]:
+    """region, carrier, network_type; the contract closes network_type's values."""
+    network_type = labels.get("network_type", "unknown")
+    return [labels.get("region", ""), labels.get("carrier", ""),
+            network_type if network_type in _NETWORK_TYPES else "unknown"]
+
+
+# Seconds. From a loopback login (well under a millisecond) to a deadline; fine steps where
+# logins live, since `loginprobe compare` tests differences on these very buckets.
+BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1,
+           0.15, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0)
+# The same bounds in nanoseconds: results carry integer ns, so bisect needs no division.
+_BOUNDS_NS = tuple(round(b * 1e9) for b in BUCKETS)
+_LE = (*map(str, BUCKETS), "+Inf")
+_PHASES = frozenset({"ping", "dns", "tcp", "tls", "login"})  # an agent cannot add series
+# Labels the guard caps, by their place in a series' key (check, protocol, target, agent,
+# region, carrier). network_type is a closed set already; phase too.
+_GUARDED = ("check", "protocol", "target", "agent", "region", "carrier")
+
+
+class _Histogram:
+    """Counts per bucket in ns, with the trace id of the latest observation in each bucket
+    as its exemplar. It lives as long as a series feeding it (see _prune)."""
+
+    __slots__ = ("counts", "exemplars", "total_ns")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BUCKETS) + 1)  # per bucket, the last one is +Inf
+        self.exemplars: list[tuple[bytes, int] | None] = [None] * (len(BUCKETS) + 1)
+        self.total_ns = 0
+
+    def observe(self, ns: int, trace_id: bytes) -> None:
+        i = bisect.bisect_left(_BOUNDS_NS, ns)
+        self.counts[i] += 1
+        self.exemplars[i] = (trace_id, ns)
+        self.total_ns += ns
+
+    def buckets(self) -> list[tuple[str, float] | tuple[str, float, Exemplar]]:
+        out: list[tuple[str, float] | tuple[str, float, Exemplar]] = []
+        running = 0
+        for le, n, ex in zip(_LE, self.counts, self.exemplars, strict=True):
+            running += n
+            # Rendered only in the OpenMetrics format; the text format leaves them out.
+            out.append((le, running) if ex is None else
+                       (le, running, Exemplar({"trace_id": ex[0].hex()}, ex[1] / 1e9)))
+        return out
+
+
+class _Series:
+    """What one (agent, check, protocol, target, region, carrier, network_type) adds to:
+    its own counters and the histograms it shares with the other agents of its labels."""
+
+    __slots__ = ("attempts", "cert_key", "dropped", "duration", "exemplars", "key", "phases",
+                 "seen", "success", "text", "where")
+
+    def __init__(self, key: tuple[str, ...], where: tuple[str, ...], duration: _Histogram,
+                 dropped: tuple[str, ...]) -> None:
+        self.key = key  # check, protocol, target, agent, region, carrier, network_type
+        self.where = where  # the same without agent: the histograms' labels
+        self.cert_key = (key[0], key[2], key[3])  # check, target, agent
+        self.attempts: dict[tuple[bool, str], int] = {}
+        self.exemplars: dict[tuple[bool, str], bytes] = {}
+        self.success = 0
+        self.duration = duration
+        self.phases: dict[str, _Histogram] = {}
+        self.dropped = dropped  # labels the guard replaced, counted per result
+        self.seen = 0.0
+        self.text = ""  # the key as exposition labels
+
+
+class ResultMetrics(Collector):
+    """A sink of accepted results, and their metrics at scrape time. The labels of a result
+    are the agent's, overridden by the result's own (an agent with several network paths
+    labels each result with its path's carrier and network type), overridden by the
+    registry's fixed labels, as in Accepted.reports().
+
+    The per-result path is a few dict operations: the labels of each combination of agent,
+    check and path are resolved once and cached with the accumulators they feed. Series not
+    fed for `series_ttl` seconds are removed at scrape time; past `max_label_values`
+    distinct values of one label, new values are counted under OVERFLOW (sums stay right,
+    one label loses detail) and in loginprobe_collector_series_dropped_total."""
+
+    def __init__(self, stats: Stats, series_ttl: float = 3600.0,
+                 max_label_values: int = 1000) -> None:
+        self.stats = stats
+        self.series_ttl = series_ttl
+        self.max_label_values = max_label_values
+        self._lock = threading.Lock()  # the event loop writes, the HTTP thread reads
+        # agent -> the (agent, claimed, fixed) labels the cache below was built from
+        self._agent_labels: dict[str, tuple[tuple[str | None, ...], ...]] = {}
+        # agent -> (check, url[, region, carrier, network_type as sent]) -> series
+        self._cache: dict[str, dict[tuple[str | None, ...], _Series]] = {}
+        self._series: dict[tuple[str, ...], _Series] = {}
+        self._durations: dict[tuple[str, ...], _Histogram] = {}
+        self._phases: dict[tuple[str, ...], _Histogram] = {}
+        self._not_after: dict[tuple[str, str, str], int] = {}
+        self._values: dict[str, set[str]] = {name: set() for name in _GUARDED}
+        self.dropped: dict[str, int] = {}
+        self._warned = False
+
+    def __call__(self, batch: Accepted) -> None:
+        agent, fixed = batch.agent, batch.fixed_labels
+        claimed = self.stats.labels.get(agent, {})
+        now = time.monotonic()
+        with self._lock:
+            # A new hello or a registry reload may change the agent's labels: start over.
+            base = tuple(tuple(d.get(k) for k in ("region", "carrier", "network_type"))
+                         for d in (claimed, fixed))
+            if self._agent_labels.get(agent) != base:
+                self._agent_labels[agent] = base
+                self._cache[agent] = {}
+            cache = self._cache[agent]
+            for msg in batch.results:  # protobufs as they came: no decoding on this path
+                labels = msg.labels
+                # The protocol follows from the URL; map lookups cost ~0.3 µs each in upb,
+                # so a result without labels of its own skips them.
+                key = (msg.check, msg.url, labels.get("region"), labels.get("carrier"),
+                       labels.get("network_type")) if labels else (msg.check, msg.url)
+                s = cache.get(key)
+                if s is None:
+                    s = cache[key] = self._new_series(
+                        agent, msg.check, msg.protocol, msg.url,
+                        {**claimed, **labels, **fixed})
+                s.seen = now
+                if s.dropped:
+                    for name in s.dropped:
+                        self.dropped[name] = self.dropped.get(name, 0) + 1
+                ok, trace_id = msg.success, msg.trace_id
+                outcome = (ok, msg.reason)
+                s.attempts[outcome] = s.attempts.get(outcome, 0) + 1
+                s.exemplars[outcome] = trace_id
+                s.success = ok  # results of an agent come in order
+                for phase in msg.phases:
+                    if not phase.skipped:
+                        h = s.phases.get(phase.name)
+                        if h is None:
+                            if phase.name not in _PHASES:
+                                continue
+                            h = s.phases[phase.name] = self._phases.setdefault(
+                                (*s.where, phase.name), _Histogram())
+                        h.observe(phase.duration_ns, trace_id)
+                s.duration.observe(msg.duration_ns, trace_id)
+                not_after = msg.tls.not_after_unix
+                if not_after:
+                    self._not_after[s.cert_key] = not_after
+
+    def _new_series(self, agent: str, check: str, protocol: str, url: str,
+                    labels: dict[str, str]) -> _Series:
+        """The cache miss: resolve the labels, apply the guard, find or make the series."""
+        values = [check, protocol, url, agent, *_path(labels)]
+        dropped = []
+        for i, name in enumerate(_GUARDED):
+            known = self._values[name]
+            if values[i] not in known:
+                if len(known) >= self.max_label_values:
+                    if name not in self.dropped:
+                        log.warning("more than %d values of label %s: further ones are "
+                                    "counted as %s (loginprobe_collector_series_dropped_total)",
+                                    self.max_label_values, name, OVERFLOW)
+                        self.dropped[name] = 0
+                    values[i] = OVERFLOW
+                    dropped.append(name)
+                else:
+                    known.add(values[i])
+        key = tuple(values)
+        s = self._series.get(key)
+        if s is None:
+            where = (*key[:3], *key[4:])
+            duration = self._durations.setdefault(where, _Histogram())
+            s = self._series[key] = _Series(key, where, duration, tuple(dropped))
+        return s
+
+    def _prune(self) -> None:
+        """Drop what was not fed for series_ttl (agents and checks that went away), and
+        forget their label values so the guard counts only what is live. Under the lock."""
+        horizon = time.monotonic() - self.series_ttl
+        stale = [k for k, s in self._series.items() if s.seen < horizon]
+        if not stale:
+            return
+        for k in stale:
+            del self._series[k]
+        # Histograms and certificate dates go with the last series that fed them.
+        live = {id(h) for s in self._series.values() for h in (s.duration, *s.phases.values())}
+        for table in (self._durations, self._phases):
+            for k in [k for k, h in table.items() if id(h) not in live]:
+                del table[k]
+        certs = {s.cert_key for s in self._series.values()}
+        for k in [k for k in self._not_after if k not in certs]:
+            del self._not_after[k]
+        self._cache.clear()  # it holds the removed series; refilled on the next results
+        self._agent_labels.clear()
+        for name, values in self._values.items():
+            values.clear()
+            i = _GUARDED.index(name)
+            values.update(k[i] for k in self._series if k[i] != OVERFLOW)
+
+    def collect(self) -> Iterator[Metric]:
+        where = ["check", "protocol", "target", "region", "carrier", "network_type"]
+        attempts = CounterMetricFamily(
+            "loginprobe_attempts", "Login attempts, by result and reason.",
+            labels=[*where[:3], "agent", *where[3:], "result", "reason"])
+        success = GaugeMetricFamily(
+            "loginprobe_success", "1 if the latest attempt logged in, else 0.",
+            labels=[*where[:3], "agent", *where[3:]])
+        phases = HistogramMetricFamily(
+            "loginprobe_phase_duration_seconds", "Duration of each phase of an attempt.",
+            labels=[*where, "phase"])
+        durations = HistogramMetricFamily(
+            "loginprobe_duration_seconds", "Duration of a whole attempt.", labels=where)
+        not_after = GaugeMetricFamily(
+            "loginprobe_tls_cert_not_after_timestamp_seconds",
+            "When the server's certificate expires, as last seen.",
+            labels=["check", "target", "agent"])
+        dropped = CounterMetricFamily(
+            "loginprobe_collector_series_dropped",
+            "Results whose label value was replaced by __overflow__ past the cardinality "
+            "cap (beyond the contract).", labels=["label"])
+        with self._lock:
+            self._prune()
+            for s in self._series.values():
+                key = list(s.key)
+                for (ok, reason), n in s.attempts.items():
+                    ex = s.exemplars[(ok, reason)]
+                    attempts.add_metric(
+                        [*key, "success" if ok else "failure", reason], n,
+                        exemplar=Exemplar({"trace_id": ex.hex()}, 1) if ex else None)
+                success.add_metric(key, s.success)
+            for hkey, h in self._phases.items():
+                phases.add_metric(list(hkey), h.buckets(), h.total_ns / 1e9)
+            for hkey, h in self._durations.items():
+                durations.add_metric(list(hkey), h.buckets(), h.total_ns / 1e9)
+            for nkey, t in self._not_after.items():
+                not_after.add_metric(list(nkey), t)
+            for name, n in self.dropped.items():
+                dropped.add_metric([name], n)
+        yield from (attempts, success, phases, durations, not_after, dropped)
+
+
+    def render(self, openmetrics: bool) -> bytes:
+        """The result families in the text format, or OpenMetrics with exemplars (without
+        the final # EOF). prometheus_client takes ~30 µs a sample, seconds for a fleet of
+        1,000 agents x 20 checks; this writes lines from label strings made once per
+        series. The lock is held only to prune and take snapshots: ingest never waits for
+        a scrape."""
+        with self._lock:
+            self._prune()
+            series = list(self._series.values())
+            phases = list(self._phases.items())
+            durations = list(self._durations.items())
+            not_after = list(self._not_after.items())
+            dropped = list(self.dropped.items())
+        out: list[str] = []
+        w = out.append
+
+        def head(name: str, kind: str, text: str) -> None:
+            shown = name if openmetrics or kind != "counter" else f"{name}_total"
+            w(f"# HELP {shown} {text}\n# TYPE {shown} {kind}\n")
+
+        head("loginprobe_attempts", "counter", "Login attempts, by result and reason.")
+        for s in series:
+            labels = _labels(s)
+            for (ok, reason), n in list(s.attempts.items()):
+                line = (f'loginprobe_attempts_total{{{labels},result="'
+                        f'{"success" if ok else "failure"}",reason="{_escape(reason)}"}} {n}')
+                ex = s.exemplars.get((ok, reason)) if openmetrics else None
+                w(f'{line} # {{trace_id="{ex.hex()}"}} 1\n' if ex else line + "\n")
+        head("loginprobe_success", "gauge", "1 if the latest attempt logged in, else 0.")
+        for s in series:
+            w(f"loginprobe_success{{{_labels(s)}}} {int(s.success)}\n")
+        for name, text, table, names in (
+                ("loginprobe_phase_duration_seconds", "Duration of each phase of an attempt.",
+                 phases, _WHERE_PHASE),
+                ("loginprobe_duration_seconds", "Duration of a whole attempt.", durations,
+                 _WHERE)):
+            head(name, "histogram", text)
+            for key, h in table:
+                _histogram(w, name, _format(names, key), h, openmetrics)
+        head("loginprobe_tls_cert_not_after_timestamp_seconds", "gauge",
+             "When the server's certificate expires, as last seen.")
+        for nkey, t in not_after:
+            w(f"loginprobe_tls_cert_not_after_timestamp_seconds"
+              f"{{{_format(('check', 'target', 'agent'), nkey)}}} {t}\n")
+        head("loginprobe_collector_series_dropped", "counter",
+             "Results whose label value was replaced by __overflow__ past the cardinality "
+             "cap (beyond the contract).")
+        for label, n in dropped:
+            w(f'loginprobe_collector_series_dropped_total{{label="{label}"}} {n}\n')
+        return "".join(out).encode()
+
+
+_WHERE = ("check", "protocol", "target", "region", "carrier", "network_type")
+_WHERE_PHASE = (*_WHERE, "phase")
+_SERIES = ("check", "protocol", "target", "agent", "region", "carrier", "network_type")
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _format(names: Sequence[str], values: Sequence[str]) -> str:
+    return ",".join(f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True))
+
+
+def _labels(s: _Series) -> str:
+    # Made at the first scrape of a series and kept with it: most of a scrape is these.
+    if not s.text:
+        s.text = _format(_SERIES, s.key)
+    return s.text
+
+
+def _histogram(w: Callable[[str], None], name: str, labels: str, h: _Histogram,
+               openmetrics: bool) -> None:
+    counts, exemplars, total_ns = h.counts[:], h.exemplars[:], h.total_ns
+    prefix = f"{name}_bucket{{{labels},le=\""
+    running = 0
+    for le, n, ex in zip(_LE, counts, exemplars, strict=True):
+        running += n
+        if openmetrics and ex is not None and ex[0]:
+            w(f'{prefix}{le}"}} {running} # {{trace_id="{ex[0].hex()}"}} {ex[1] / 1e9}\n')
+        else:
+            w(f'{prefix}{le}"}} {running}\n')
+    w(f"{name}_count{{{labels}}} {running}\n{name}_sum{{{labels}}} {total_ns / 1e9}\n")
+
+
+class StatsCollector(Collector):
+    """Reads Stats at scrape time. It runs in the HTTP thread while the event loop writes,
+    so each dict is copied first (a C-level copy the GIL keeps whole). An agent neither
+    connected nor sending for series_ttl is left out (Stats itself is not changed here)."""
+
+    def __init__(self, stats: Stats, series_ttl: float = 3600.0) -> None:
+        self.stats = stats
+        self.series_ttl = series_ttl
+        self._gone_since: dict[str, float] = {}  # agent -> when first seen not connected
+
+    def _live(self, connected: dict[str, dict[str, str]], agents: Sequence[str]) -> set[str]:
+        now = time.time()
+        last = dict(self.stats.last_result)
+        live = set()
+        for agent in agents:
+            if agent in connected:
+                self._gone_since.pop(agent, None)
+                live.add(agent)
+                continue
+            gone = max(self._gone_since.setdefault(agent, now), last.get(agent, 0.0))
+            if now - gone < self.series_ttl:
+                live.add(agent)
+        return live
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.stats
+        now = dict(s.connected)
+        labels = {**dict(s.labels), **now}
+        live = self._live(now, [*labels, *dict(s.received)])
+        received = CounterMetricFamily(
+            "loginprobe_collector_results_received",
+            "Results accepted from each agent, each (agent, seq) counted once.", labels=["agent"])
+        for agent, n in dict(s.received).items():
+            if agent in live:
+                received.add_metric([agent], n)
+        duplicate = CounterMetricFamily(
+            "loginprobe_collector_results_duplicate",
+            "Results received again (a replay) and acknowledged without processing.",
+            labels=["agent"])
+        for agent, n in dict(s.duplicates).items():
+            if agent in live:
+                duplicate.add_metric([agent], n)
+        rejected = CounterMetricFamily(
+            "loginprobe_collector_results_rejected",
+            "Messages and results refused, by reason.", labels=["reason"])
+        for reason, n in dict(s.rejected).items():
+            rejected.add_metric([reason], n)
+        connected = GaugeMetricFamily(
+            "loginprobe_agent_connected", "1 while the agent's stream is open.",
+            labels=["agent", "region", "carrier", "network_type"])
+        for agent, agent_labels in labels.items():
+            if agent in live:
+                connected.add_metric([agent, *_path(agent_labels)], 1 if agent in now else 0)
+        last = GaugeMetricFamily(
+            "loginprobe_agent_last_result_timestamp_seconds",
+            "When the collector last accepted a result from the agent.", labels=["agent"])
+        for agent, t in dict(s.last_result).items():
+            if agent in live:
+                last.add_metric([agent], t)
+        yield from (received, duplicate, rejected, connected, last)
+
+
+def serve_metrics(
+    stats: Stats, host: str, port: int, results: ResultMetrics | None = None,
+    series_ttl: float = 3600.0, extra: Sequence[Collector] = (),
+) -> WSGIServer:
+    """Start /metrics on host:port; the caller shuts the returned server down. The format
+    follows the scraper's Accept header: OpenMetrics (with exemplars) when asked for. The
+    small families go through prometheus_client's encoders; the result families, which
+    grow with the fleet, through ResultMetrics.render. Not gzipped: compressing tens of
+    MiB would cost more CPU than the loopback or LAN bytes it saves."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatsCollector(stats, series_ttl))
+    for collector in extra:
+        registry.register(collector)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
+        openmetrics = content_type.startswith("application/openmetrics-text")
+        body = encoder(registry)
+        if results is not None:
+            if openmetrics:
+                body = body.removesuffix(b"# EOF\n") + results.render(True) + b"# EOF\n"
+            else:
+                body += results.render(False)
+        start_response("200 OK", [("Content-Type", content_type),
+                                  ("Content-Length", str(len(body)))])
+        return [body]
+
+    class Server(ThreadingWSGIServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    server = make_server(host, port, app, Server, handler_class=_Quiet)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are not news."""

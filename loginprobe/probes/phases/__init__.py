@@ -1,0 +1,1 @@
+"""The timed phases a login runs over: dns, ping, tcp, tls."""

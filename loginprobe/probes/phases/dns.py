@@ -1,0 +1,206 @@
+"""The dns phase: A/AAAA (and SRV for XMPP) through dnspython, with the address and TTL kept."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from pathlib import Path
+from typing import Any
+
+import dns._asyncbackend
+import dns._asyncio_backend
+import dns.asyncresolver
+import dns.exception
+import dns.rdatatype
+import dns.resolver
+import dns.rrset
+
+from loginprobe.probes.attempt import Attempt, ProbeFailure
+from loginprobe.reasons import Reason
+from loginprobe.result import DNSInfo
+
+HOSTS_FILE = Path("/etc/hosts")
+
+
+def _hosts_lookup(name: str) -> list[str]:
+    """The system resolver reads /etc/hosts before DNS (nsswitch 'files dns'); so do we,
+    when no explicit resolver was asked for."""
+    try:
+        lines = HOSTS_FILE.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        fields = line.split("#", 1)[0].split()
+        if len(fields) >= 2 and name.lower() in (f.lower() for f in fields[1:]):
+            found.append(fields[0])
+    return found
+
+
+class _BoundBackend(dns._asyncio_backend.Backend):
+    """dnspython's asyncio backend with its sockets bound to one interface: a path's DNS
+    queries (a carrier's resolver often answers its own customers only) must leave by that
+    path too, not by the default route. dnspython has no option for this; its own socket
+    wrappers are reused so that only socket creation differs."""
+
+    def __init__(self, interface: str) -> None:
+        super().__init__()
+        self.interface = interface
+
+    async def make_socket(
+        self, af: int, socktype: int, proto: int = 0, source: Any = None,
+        destination: Any = None, timeout: float | None = None,  # noqa: ASYNC109 (dnspython's)
+        *_: Any, **__: Any,
+    ) -> dns._asyncbackend.Socket:
+        sock = socket.socket(af, socktype, proto)
+        try:
+            sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.interface.encode() + b"\0"
+            )
+            sock.setblocking(False)
+            if source:
+                sock.bind(source)
+            loop = asyncio.get_running_loop()
+            if socktype == socket.SOCK_DGRAM:
+                transport, protocol = await loop.create_datagram_endpoint(
+                    dns._asyncio_backend._DatagramProtocol, sock=sock
+                )
+                return dns._asyncio_backend._DatagramSocket(  # type: ignore[no-untyped-call]
+                    af, transport, protocol
+                )
+            await dns._asyncio_backend._maybe_wait_for(  # type: ignore[no-untyped-call]
+                loop.sock_connect(sock, destination), timeout
+            )
+            reader, writer = await asyncio.open_connection(sock=sock)
+            return dns._asyncio_backend._StreamSocket(  # type: ignore[no-untyped-call]
+                af, reader, writer
+            )
+        except BaseException:
+            sock.close()
+            raise
+
+
+def _backend(attempt: Attempt) -> dns._asyncbackend.Backend | None:
+    interface = attempt.options.interface
+    return _BoundBackend(interface) if interface else None
+
+
+def _resolver(attempt: Attempt) -> dns.asyncresolver.Resolver:
+    if attempt.options.resolver is None:
+        try:
+            return dns.asyncresolver.Resolver()
+        except dns.resolver.NoResolverConfiguration as exc:
+            raise ProbeFailure(
+                Reason.DNS_SERVFAIL, f"no system resolver is configured (/etc/resolv.conf): {exc}"
+            ) from None
+    ip, port = attempt.options.resolver
+    res = dns.asyncresolver.Resolver(configure=False)
+    res.nameservers = [ip]
+    res.port = port
+    return res
+
+
+async def _query(
+    attempt: Attempt, res: dns.asyncresolver.Resolver, name: str, rdtype: str, lifetime: float
+) -> dns.rrset.RRset | None:
+    """One query on the attempt's path, its failure turned into a reason; None for 'exists
+    but no such record'."""
+    try:
+        answer = await res.resolve(
+            name, rdtype, lifetime=lifetime, search=False,
+            source=attempt.options.source_address, backend=_backend(attempt),
+        )
+    except dns.resolver.NXDOMAIN:
+        raise ProbeFailure(
+            Reason.DNS_NXDOMAIN, f"{name}: NXDOMAIN (the name does not exist)"
+        ) from None
+    except dns.resolver.NoAnswer:
+        return None
+    except dns.resolver.NoNameservers as exc:
+        raise ProbeFailure(Reason.DNS_SERVFAIL, f"{name} {rdtype}: {exc}") from None
+    except dns.exception.Timeout:
+        raise ProbeFailure(
+            Reason.DNS_TIMEOUT, f"{name} {rdtype}: no answer within {lifetime:.1f}s"
+        ) from None
+    return answer.rrset
+
+
+def _lifetime(attempt: Attempt) -> float:
+    # The caller's deadline governs; dnspython just must not give up sooner than it.
+    return max(0.05, attempt.options.timeout - attempt.now() / 1e9)
+
+
+async def resolve_srv(attempt: Attempt, srv_name: str) -> tuple[str, int] | None:
+    """The preferred (host, port) of an SRV record, or None when there is none to follow."""
+    res = _resolver(attempt)
+    try:
+        rrset = await _query(attempt, res, srv_name, "SRV", _lifetime(attempt))
+    except ProbeFailure as failure:
+        if failure.reason is Reason.DNS_NXDOMAIN:
+            attempt.note("*", f"DNS {srv_name} SRV: NXDOMAIN, falling back to the domain")
+            return None
+        raise
+    if not rrset:
+        attempt.note("*", f"DNS {srv_name} SRV: no records, falling back to the domain")
+        return None
+    # RFC 2782: lowest priority first, then the heaviest weight (deterministic for a probe).
+    best = min(rrset, key=lambda r: (r.priority, -r.weight))
+    host = best.target.to_text(omit_final_dot=True)
+    if host in ("", "."):
+        raise ProbeFailure(
+            Reason.DNS_NO_ANSWER, f"{srv_name}: SRV target '.' (service decidedly not available)"
+        )
+    attempt.note("*", f"DNS {srv_name} SRV -> {host}:{best.port} (ttl {rrset.ttl})")
+    return host, int(best.port)
+
+
+async def resolve_addresses(attempt: Attempt, host: str) -> list[str]:
+    """Addresses for host, IPv4 first; an IP literal needs no lookup."""
+    try:
+        return [str(ipaddress.ip_address(host))]
+    except ValueError:
+        pass
+    resolver_name = (
+        "system" if attempt.options.resolver is None else "{}:{}".format(*attempt.options.resolver)
+    )
+    info = attempt.dns or DNSInfo(name=host, resolver=resolver_name)
+    info.name = host
+    attempt.dns = info
+    if attempt.options.resolver is None:
+        from_hosts = _hosts_lookup(host)
+        if from_hosts:
+            attempt.note("*", f"{host} found in {HOSTS_FILE}: {', '.join(from_hosts)}")
+            info.addresses = from_hosts
+            info.resolver = str(HOSTS_FILE)
+            return from_hosts
+    res = _resolver(attempt)
+    lifetime = _lifetime(attempt)
+    results = await asyncio.gather(
+        _query(attempt, res, host, "A", lifetime),
+        _query(attempt, res, host, "AAAA", lifetime),
+        return_exceptions=True,
+    )
+    addresses: list[str] = []
+    ttls: list[int] = []
+    failures: list[ProbeFailure] = []
+    for rrset in results:
+        if isinstance(rrset, ProbeFailure):
+            failures.append(rrset)
+        elif isinstance(rrset, BaseException):
+            raise rrset
+        elif rrset is not None:
+            addresses.extend(r.to_text() for r in rrset)
+            ttls.append(rrset.ttl)
+    if not addresses:
+        if failures:
+            # NXDOMAIN says more than a timeout of the other query
+            failures.sort(key=lambda f: f.reason is not Reason.DNS_NXDOMAIN)
+            raise failures[0]
+        raise ProbeFailure(
+            Reason.DNS_NO_ANSWER, f"{host}: the name exists but has no A or AAAA record"
+        )
+    info.addresses = addresses
+    info.ttl = min(ttls)
+    attempt.note("*", f"DNS {host} -> {', '.join(addresses)} (ttl {info.ttl})")
+    return addresses

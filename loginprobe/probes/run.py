@@ -1,0 +1,68 @@
+"""The runner: each protocol's `async def probe(attempt) -> None` inside a deadline; run_check
+owns the deadline and turns whatever happened into exactly one Result."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from loginprobe.probes import handshake, http, mqtt, xmpp
+from loginprobe.probes.attempt import Attempt, Clock, ProbeFailure, ProbeOptions
+from loginprobe.reasons import Reason
+from loginprobe.result import Result
+from loginprobe.target import Target
+
+log = logging.getLogger(__name__)
+
+Probe = Callable[[Attempt], Awaitable[None]]
+PROBES: dict[str, Probe] = {
+    "xmpp": xmpp.probe,
+    "mqtt": mqtt.probe,
+    "http": http.probe,
+    "tcp": handshake.probe,
+    "tls": handshake.probe,
+}
+# When the deadline passes, the phase in flight is blamed.
+_TIMEOUT_REASONS = {
+    "dns": Reason.DNS_TIMEOUT,
+    "tcp": Reason.TCP_TIMEOUT,
+    "tls": Reason.TLS_TIMEOUT,
+    "login": Reason.LOGIN_TIMEOUT,
+}
+
+
+
+async def run_check(
+    target: Target, options: ProbeOptions, clock: Clock = time.monotonic_ns
+) -> Result:
+    """One login attempt against target within options.timeout; never raises for a failing
+    target."""
+    attempt = Attempt(target, options, clock)
+    reason, message = Reason.OK, "logged in"
+    try:
+        try:
+            async with asyncio.timeout(options.timeout):
+                await PROBES[target.protocol](attempt)
+        except ProbeFailure as failure:
+            reason, message = failure.reason, failure.message
+        except TimeoutError:
+            phase = attempt.failed_phase
+            reason = _TIMEOUT_REASONS.get(phase or "", Reason.TIMEOUT)
+            message = (
+                f"no progress in the {phase} phase before the {options.timeout:g}s deadline"
+                if phase
+                else f"the {options.timeout:g}s deadline passed"
+            )
+        except Exception as exc:  # a bug of ours must still yield a Result
+            log.exception("internal error probing %s", target.url)
+            reason, message = Reason.INTERNAL_ERROR, f"internal error: {type(exc).__name__}"
+        # The verdict is in: closing politely afterwards is not part of the attempt.
+        attempt.ended_ns = attempt.now()
+    finally:
+        for conn in attempt.conns:
+            await conn.close()
+    if reason is not Reason.OK:
+        attempt.note("*", f"failed: {reason}: {message}")
+    return attempt.result(reason, message)
