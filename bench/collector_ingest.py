@@ -49,7 +49,7 @@ from bench.common import (
 )
 from devstack.fleet import PKI, Collector, collector_config, new_token
 from loginprobe.codec import Report, to_wire
-from loginprobe.reasons import Reason
+from loginprobe.contract import Reason
 from loginprobe.result import DNSInfo, Phase, Result, TLSInfo
 from loginprobe.wire import collector_pb2 as pb
 

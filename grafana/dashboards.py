@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from loginprobe.contract import NETWORK_TYPES, PHASES, Reason, Step
+
 Json = dict[str, Any]
 
 OUT = Path(__file__).resolve().parent / "dashboards"
@@ -25,16 +27,10 @@ CHECK_REASONS_PANEL = 20
 FLEET_UID = "loginprobe-fleet"
 FLEET_AGENTS_PANEL = 10
 
-# Reason code -> troubleshooting step (CONTRACT.md section 3). label_replace anchors its
-# regex at both ends. tests/test_dashboards.py checks this table against
-# loginprobe/reasons.py.
+# Reason code -> troubleshooting step (CONTRACT.md section 3), from the contract's own table;
+# label_replace anchors its regex at both ends.
 STEP_REGEX: dict[str, str] = {
-    "network": "dns_.*|tcp_.*|tls_timeout|timeout",
-    "config": "tls_cert_.*|tls_hostname_mismatch|tls_version_mismatch|tls_handshake_failed"
-              "|starttls_unavailable|protocol_mismatch",
-    "account": "auth_.*",
-    "server": "server_.*|login_timeout|protocol_error",
-    "none": "internal_error|ok",
+    step.value: "|".join(r.value for r in Reason if r.step is step) for step in Step
 }
 
 PATH_SEL = 'check=~"$check",region=~"$region",carrier=~"$carrier",network_type=~"$network_type"'
@@ -349,7 +345,8 @@ def check_detail() -> Json:
              f"count(count by (agent) (loginprobe_success{{{sel}}})) or vector(0)", "short"),
         row(5, "Phase latency (dns → tcp → tls → login)", 4),
     ]
-    for i, phase in enumerate(("dns", "tcp", "tls", "login")):
+    # The phases every login has; ping and upgrade are optional and shown in the breakdown.
+    for i, phase in enumerate(p for p in PHASES if p not in ("ping", "upgrade")):
         panels.append(heatmap(
             6 + i, f"{phase} phase", grid(6 * i, 5, 6, 8),
             f'sum by (le) (increase({PHASE_BUCKET}{{{sel},phase="{phase}"}}[$__rate_interval]))',
@@ -395,7 +392,7 @@ def network_types() -> Json:
     base = 'check=~"$check",region=~"$region",carrier=~"$carrier"'
     sel_a, sel_b = f'{base},network_type="$a"', f'{base},network_type="$b"'
     both = f'{base},network_type=~"$a|$b"'
-    types = ["wifi", "cellular", "wired", "unknown"]
+    types = list(NETWORK_TYPES)
     variables = [
         query_var("check", ATTEMPTS),
         query_var("region", ATTEMPTS, matchers='check=~"$check"'),

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from loginprobe.reasons import Reason
+from loginprobe.contract import Reason
 from loginprobe.result import DNSInfo, NetworkContext, Phase, Result, TLSInfo
 from loginprobe.wire import collector_pb2 as pb
 

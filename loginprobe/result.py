@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from loginprobe.reasons import Reason
+from loginprobe.contract import Reason
 
 
 def iso_utc(when: datetime) -> str:

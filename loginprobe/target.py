@@ -5,25 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-# scheme -> (protocol, TLS mode, default port)
-_SCHEMES: dict[str, tuple[str, str, int | None]] = {
-    "xmpp": ("xmpp", "starttls", 5222),
-    "xmpps": ("xmpp", "direct", 5223),
-    "mqtt": ("mqtt", "none", 1883),
-    "mqtts": ("mqtt", "direct", 8883),
-    "http": ("http", "none", 80),
-    "https": ("http", "direct", 443),
-    "tcp": ("tcp", "none", None),
-    "tls": ("tls", "direct", None),
-}
-_QUERY_KEYS: dict[str, frozenset[str]] = {
-    "xmpp": frozenset({"host"}),
-    "mqtt": frozenset({"version", "client_id"}),
-    "http": frozenset({"auth"}),
-    "tcp": frozenset(),
-    "tls": frozenset(),
-}
-_SRV = {"xmpp": "_xmpp-client._tcp", "xmpps": "_xmpps-client._tcp"}
+from loginprobe.protocols import BY_NAME, SCHEMES
 
 
 class TargetError(ValueError):
@@ -51,7 +33,7 @@ class Target:
 
     @property
     def needs_password(self) -> bool:
-        return self.protocol in ("xmpp", "mqtt", "http")
+        return BY_NAME[self.protocol].logs_in
 
 
 def parse_target(url: str) -> Target:
@@ -62,58 +44,60 @@ def parse_target(url: str) -> Target:
     except ValueError as exc:
         raise TargetError(f"invalid target URL {url!r}: {exc}") from None
     scheme = parts.scheme.lower()
-    if scheme not in _SCHEMES:
+    if scheme not in SCHEMES:
         raise TargetError(
             f"unsupported scheme {parts.scheme!r} in {url!r}: use one of "
-            + ", ".join(f"{s}://" for s in _SCHEMES)
+            + ", ".join(f"{s}://" for s in SCHEMES)
         )
     if parts.password is not None:
         raise TargetError(
             "a password must never be part of the URL: pass it with --password-env NAME "
             "or --password-file PATH"
         )
-    protocol, tls_mode, default_port = _SCHEMES[scheme]
+    proto, spec = SCHEMES[scheme]
+    protocol = proto.name
     host = (parts.hostname or "").rstrip(".")
     if not host:
         raise TargetError(f"no host in {url!r}: expected {scheme}://[USER@]HOST[:PORT]")
     user = unquote(parts.username) if parts.username is not None else ""
-    if protocol == "xmpp" and not user:
+    if proto.needs_user and not user:
         raise TargetError(f"no user in {url!r}: expected {scheme}://USER@DOMAIN")
-    if protocol in ("tcp", "tls") and explicit_port is None:
+    if spec.default_port is None and explicit_port is None:
         raise TargetError(f"no port in {url!r}: expected {scheme}://HOST:PORT")
     if explicit_port == 0:
         raise TargetError(f"port 0 in {url!r} cannot be connected to")
 
     params = dict(parse_qsl(parts.query, keep_blank_values=True))
-    unknown = sorted(set(params) - _QUERY_KEYS[protocol])
+    unknown = sorted(set(params) - set(proto.query))
     if unknown:
-        allowed = ", ".join(sorted(_QUERY_KEYS[protocol])) or "none"
+        allowed = ", ".join(sorted(proto.query)) or "none"
         raise TargetError(
             f"unknown query parameter {unknown[0]!r} in {url!r} (allowed for {scheme}: {allowed})"
         )
-    if protocol == "mqtt":
-        version = params.setdefault("version", "3.1.1")
-        if version not in ("3.1.1", "5"):
-            raise TargetError(f"unsupported MQTT version {version!r} in {url!r}: use 3.1.1 or 5")
-    if protocol == "http":
-        auth = params.setdefault("auth", "basic")
-        if auth not in ("basic", "json"):
-            raise TargetError(f"unsupported auth {auth!r} in {url!r}: use basic or json")
+    for key, values in proto.query.items():
+        if values is None:
+            continue
+        value = params.setdefault(key, values[0])
+        if value not in values:
+            raise TargetError(
+                f"unsupported {proto.query_names.get(key, key)} {value!r} in {url!r}: "
+                f"use {' or '.join(values)}"
+            )
 
     domain = ""
     srv = None
-    if protocol == "xmpp":
+    if proto.domain_is_host:
         domain = host
         host = params.get("host", "").rstrip(".") or domain
-        if explicit_port is None and "host" not in params:
-            srv = f"{_SRV[scheme]}.{domain}"
-    port = explicit_port if explicit_port is not None else default_port
+    if spec.srv and explicit_port is None and "host" not in params:
+        srv = f"{spec.srv}.{domain or host}"
+    port = explicit_port if explicit_port is not None else spec.default_port
     assert port is not None
     return Target(
         url=url.strip(),
         scheme=scheme,
         protocol=protocol,
-        tls_mode=tls_mode,
+        tls_mode=spec.tls_mode,
         host=host,
         port=port,
         user=user,

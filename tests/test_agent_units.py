@@ -18,8 +18,8 @@ from loginprobe.agent.network_paths import ProbePath
 from loginprobe.agent.scheduler import ASSIGNED, LOCAL, CheckSpec, Scheduler, first_offset
 from loginprobe.codec import Report
 from loginprobe.config import ConfigError
+from loginprobe.contract import Reason
 from loginprobe.probes.attempt import ProbeOptions
-from loginprobe.reasons import Reason
 from loginprobe.result import Result
 from loginprobe.target import Target
 

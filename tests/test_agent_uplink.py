@@ -23,7 +23,7 @@ from loginprobe.agent.scheduler import Scheduler
 from loginprobe.agent.spool import Spool
 from loginprobe.agent.uplink import Uplink, encode
 from loginprobe.codec import Report
-from loginprobe.reasons import Reason
+from loginprobe.contract import Reason
 from loginprobe.result import Result
 from loginprobe.wire import collector_pb2 as pb
 

@@ -21,7 +21,7 @@ import pytest
 from devstack.fleet import PKI, ROOT, Collector, collector_config, new_token, wait_for, write_yaml
 from loginprobe.codec import Report, to_wire
 from loginprobe.collector.config import load_config
-from loginprobe.reasons import Reason
+from loginprobe.contract import Reason
 from loginprobe.result import Phase, Result
 from loginprobe.wire import collector_pb2 as pb
 

@@ -17,7 +17,7 @@ from loginprobe.collector.auth import AuthError, Credential, credential, identif
 from loginprobe.collector.config import Agent, Check
 from loginprobe.collector.ingest import Ingest, Refused, ResultsLog, Stats
 from loginprobe.collector.server import Bucket, check_to_wire
-from loginprobe.reasons import Reason
+from loginprobe.contract import Reason
 from loginprobe.result import Phase, Result
 from loginprobe.wire import collector_pb2 as pb
 

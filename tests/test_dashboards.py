@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
-from loginprobe.reasons import Reason
+from loginprobe.contract import Reason
 
 ROOT = Path(__file__).resolve().parent.parent
 GRAFANA = ROOT / "grafana"
@@ -217,7 +217,7 @@ def test_dashboards_use_only_contract_and_agent_metrics() -> None:
 def test_agent_metrics_are_the_agents_own() -> None:
     """The fleet dashboard's agent-side metrics exist in agent/health.py (a counter's
     family there is named without _total)."""
-    source = (ROOT / "agent" / "health.py").read_text(encoding="utf-8")
+    source = (ROOT / "loginprobe" / "agent" / "health.py").read_text(encoding="utf-8")
     for name in AGENT_METRICS:
         assert f'"{name.removesuffix("_total")}"' in source, name
 
@@ -225,7 +225,7 @@ def test_agent_metrics_are_the_agents_own() -> None:
 @pytest.mark.parametrize("reason", list(Reason))
 def test_step_labels_follow_the_reason_table(reason: Reason) -> None:
     """Every label_replace(..., "step", STEP, "reason", REGEX) in the dashboards maps each
-    reason code to its step from loginprobe/reasons.py, and only that one."""
+    reason code to its step from loginprobe/contract.py, and only that one."""
     tables = set()
     for q in panel_queries():
         found = re.findall(r'"step", "(\w+)", "reason", "([^"]+)"', q.expr)

@@ -31,7 +31,7 @@ from loginprobe.codec import Report, to_wire
 from loginprobe.collector.exporters.otel import TraceExporter
 from loginprobe.collector.exporters.prometheus import OVERFLOW, ResultMetrics, StatsCollector
 from loginprobe.collector.ingest import Ingest, Stats
-from loginprobe.reasons import Reason
+from loginprobe.contract import Reason
 from loginprobe.result import Phase, Result, TLSInfo
 from loginprobe.wire import collector_pb2 as pb
 from tests.test_collector import Stream

@@ -12,7 +12,7 @@ PACKAGE = ROOT / "loginprobe"
 # Lower layers first; a module may import its own layer's kernel and any layer below.
 LAYERS = [
     ("kernel", ["loginprobe", "loginprobe.address", "loginprobe.config", "loginprobe.codec",
-                "loginprobe.reasons", "loginprobe.render", "loginprobe.result",
+                "loginprobe.contract", "loginprobe.render", "loginprobe.result",
                 "loginprobe.target", "loginprobe.wire"]),
     ("probes", ["loginprobe.probes"]),
     ("agent", ["loginprobe.agent"]),

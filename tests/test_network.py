@@ -15,9 +15,9 @@ import pytest
 
 from devstack import faults
 from devstack.ground import Ground
+from loginprobe.contract import Reason, Step
 from loginprobe.probes.attempt import Attempt, ProbeOptions
 from loginprobe.probes.run import run_check
-from loginprobe.reasons import Reason, Step
 from loginprobe.result import Result
 from loginprobe.target import parse_target
 from tests.probing import check, closed_port, options

@@ -20,9 +20,9 @@ from loginprobe.codec import Report, from_wire, to_wire
 from loginprobe.collector.exporters.prometheus import ResultMetrics
 from loginprobe.collector.ingest import Ingest, Stats
 from loginprobe.config import ConfigError
+from loginprobe.contract import Reason
 from loginprobe.probes.attempt import ProbeOptions
 from loginprobe.probes.run import run_check
-from loginprobe.reasons import Reason
 from loginprobe.result import NetworkContext, Phase, Result
 from loginprobe.target import Target, parse_target
 

@@ -1,6 +1,6 @@
 """The alert rules under grafana/ through the real promtool: syntax, the unit tests, every
 alert covered firing and quiet, only contract metrics, the reason-to-step table of the
-notification against loginprobe/reasons.py, and the Grafana-managed copies of the alerts
+notification against loginprobe/contract.py, and the Grafana-managed copies of the alerts
 held to the same unit tests as the Prometheus rules."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from loginprobe.reasons import Reason
+from loginprobe.contract import Reason
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "grafana" / "rules" / "loginprobe.rules.yml"
@@ -141,7 +141,7 @@ def test_failure_rate_alert_follows_the_contract_formula() -> None:
 def _step_check_files(tmp: Path) -> Path:
     """A copy of the failure-rate group whose alert keeps only the reason and step
     annotations, and one promtool test per failure reason expecting the step that
-    loginprobe/reasons.py gives it."""
+    loginprobe/contract.py gives it."""
     group = next(g for g in rule_groups() if g["name"] == "loginprobe.failure-rate")
     for rule in group["rules"]:
         if rule.get("alert") == "LoginFailureRateHigh":

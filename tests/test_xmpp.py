@@ -14,6 +14,7 @@ import pytest
 
 from devstack import certs, fakes
 from devstack.ground import Ground
+from loginprobe.contract import Reason
 from loginprobe.probes import xmpp
 from loginprobe.probes.attempt import (
     MAX_MESSAGE_BYTES,
@@ -23,7 +24,6 @@ from loginprobe.probes.attempt import (
     ProbeOptions,
 )
 from loginprobe.probes.run import run_check
-from loginprobe.reasons import Reason
 from loginprobe.result import Result
 from loginprobe.target import parse_target
 

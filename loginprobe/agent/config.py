@@ -8,13 +8,14 @@ import ipaddress
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, FilePath, field_validator
 from pydantic import ValidationInfo as Info
 
 from loginprobe.address import split_host_port
 from loginprobe.config import Resolver, Seconds, Strict, TargetURL, is_loopback, load
+from loginprobe.contract import NetworkType
 from loginprobe.target import parse_target
 
 _SIZES = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9,
@@ -117,7 +118,7 @@ class Labels(BaseModel):
     region: str = ""
     carrier: str = ""
     # None: detected per path from the interface (agent/netinfo.py), "unknown" if it cannot.
-    network_type: Literal["wifi", "cellular", "wired", "unknown"] | None = None
+    network_type: NetworkType | None = None
     asn: int | None = Field(default=None, ge=0, lt=2**32)
 
     def as_dict(self) -> dict[str, str]:

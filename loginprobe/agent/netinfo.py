@@ -9,13 +9,11 @@ import shutil
 import socket
 import subprocess
 from pathlib import Path
-from typing import Literal
+
+from loginprobe.contract import NETWORK_TYPES, NetworkType
 
 # Re-exported: the agent learns it here; the Result that carries it lives in the kernel.
 from loginprobe.result import NetworkContext as NetworkContext
-
-NetworkType = Literal["wifi", "cellular", "wired", "unknown"]
-NETWORK_TYPES: tuple[NetworkType, ...] = ("wifi", "cellular", "wired", "unknown")
 
 ARPHRD_ETHER = 1
 

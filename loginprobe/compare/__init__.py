@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from loginprobe.contract import PHASES
+
 ALPHA = 0.05
 Z95 = 1.959963984540054  # two-sided 95% quantile of the standard normal
-PHASE_ORDER = ("ping", "dns", "tcp", "tls", "login")
 # Labels present on both loginprobe_attempts_total and the histograms (CONTRACT.md section 4).
 GROUP_LABELS = ("network_type", "carrier", "region", "protocol", "target")
 EXIT_OK, EXIT_NO_DATA, EXIT_ERROR = 0, 1, 2
@@ -327,7 +328,7 @@ def compare_groups(a: Group, b: Group) -> Comparison:
 
 
 def _phase_key(name: str) -> tuple[int, str]:
-    return (PHASE_ORDER.index(name) if name in PHASE_ORDER else len(PHASE_ORDER), name)
+    return (PHASES.index(name) if name in PHASES else len(PHASES), name)
 
 
 def collect(

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from loginprobe.reasons import Reason
+from loginprobe.contract import PHASES, Reason
 from loginprobe.result import DNSInfo, Phase, Result, TLSInfo, TranscriptLine
 from loginprobe.target import Target
 
@@ -24,7 +24,6 @@ MAX_MESSAGE_BYTES = 256 * 1024
 MAX_TOTAL_BYTES = 1024 * 1024
 REDACTED = "<redacted>"
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
-PHASE_ORDER = ("ping", "dns", "tcp", "tls", "login")
 
 
 class ProbeFailure(Exception):
@@ -124,7 +123,7 @@ class Attempt:
             message=self.scrub(message),
             started_at=self.started_at,
             duration_ns=self.now() if self.ended_ns is None else self.ended_ns,
-            phases=sorted(self.phases, key=lambda p: PHASE_ORDER.index(p.name)),
+            phases=sorted(self.phases, key=lambda p: PHASES.index(p.name)),
             resolved_address=self.resolved_address,
             tls=self.tls,
             dns=self.dns,

@@ -11,9 +11,9 @@ import re
 from http import HTTPStatus
 
 from loginprobe import __version__
+from loginprobe.contract import Reason
 from loginprobe.probes.attempt import REDACTED, Attempt, Conn, ProbeFailure, printable
 from loginprobe.probes.transport import establish
-from loginprobe.reasons import Reason
 
 # The status line and headers may not exceed this; the body is never read beyond
 # BODY_PREFIX_BYTES, and only for a failure's message.

@@ -6,9 +6,9 @@ import asyncio
 import contextlib
 import secrets
 
+from loginprobe.contract import Reason
 from loginprobe.probes.attempt import REDACTED, Attempt, Conn, ProbeFailure, printable
 from loginprobe.probes.transport import establish
-from loginprobe.reasons import Reason
 
 KEEPALIVE_SECONDS = 30
 # A CONNACK is 2 bytes in 3.1.1; in 5 its properties (reason string, user properties) are
@@ -199,7 +199,7 @@ async def read_connack(conn: Conn, version: str) -> tuple[int, dict[int, str]]:
 
 async def probe(attempt: Attempt) -> None:
     target = attempt.target
-    version = target.params.get("version", "3.1.1")
+    version = target.params["version"]  # parse_target sets the default
     # mosquitto ignores an ALPN offer it has no use for; brokers behind an ALPN-routing
     # proxy (port 443) need it.
     conn = await establish(attempt, alpn=("mqtt",))

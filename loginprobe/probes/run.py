@@ -4,26 +4,30 @@ owns the deadline and turns whatever happened into exactly one Result."""
 from __future__ import annotations
 
 import asyncio
+import functools
+import importlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from loginprobe.probes import handshake, http, mqtt, xmpp
+from loginprobe.contract import Reason
 from loginprobe.probes.attempt import Attempt, Clock, ProbeFailure, ProbeOptions
-from loginprobe.reasons import Reason
+from loginprobe.protocols import BY_NAME
 from loginprobe.result import Result
 from loginprobe.target import Target
 
 log = logging.getLogger(__name__)
 
 Probe = Callable[[Attempt], Awaitable[None]]
-PROBES: dict[str, Probe] = {
-    "xmpp": xmpp.probe,
-    "mqtt": mqtt.probe,
-    "http": http.probe,
-    "tcp": handshake.probe,
-    "tls": handshake.probe,
-}
+
+
+@functools.cache
+def probe_for(protocol: str) -> Probe:
+    """The protocol's probe, from the module its record names (imported on first use)."""
+    module = importlib.import_module(f"loginprobe.probes.{BY_NAME[protocol].probe}")
+    probe: Probe = module.probe
+    return probe
+
 # When the deadline passes, the phase in flight is blamed.
 _TIMEOUT_REASONS = {
     "dns": Reason.DNS_TIMEOUT,
@@ -44,7 +48,7 @@ async def run_check(
     try:
         try:
             async with asyncio.timeout(options.timeout):
-                await PROBES[target.protocol](attempt)
+                await probe_for(target.protocol)(attempt)
         except ProbeFailure as failure:
             reason, message = failure.reason, failure.message
         except TimeoutError:

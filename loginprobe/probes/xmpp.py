@@ -16,10 +16,10 @@ from typing import Any
 from xml.parsers import expat
 from xml.sax.saxutils import escape
 
+from loginprobe.contract import Reason
 from loginprobe.probes.attempt import MAX_MESSAGE_BYTES, Attempt, Conn, ProbeFailure, printable
 from loginprobe.probes.phases import tls
 from loginprobe.probes.transport import establish
-from loginprobe.reasons import Reason
 
 NS_STREAM = "http://etherx.jabber.org/streams"
 NS_CLIENT = "jabber:client"

@@ -24,10 +24,10 @@ from prometheus_client.exposition import ThreadingWSGIServer, choose_encoder
 from prometheus_client.registry import Collector
 
 from loginprobe.collector.ingest import Accepted, Stats
+from loginprobe.contract import NETWORK_TYPES, PHASES
 
 log = logging.getLogger(__name__)
 
-_NETWORK_TYPES = frozenset({"wifi", "cellular", "wired", "unknown"})
 OVERFLOW = "__overflow__"  # the value a label takes past the cardinality cap
 
 
@@ -35,7 +35,7 @@ def _path(labels: dict[str, str]) -> list[str]:
     """region, carrier, network_type; the contract closes network_type's values."""
     network_type = labels.get("network_type", "unknown")
     return [labels.get("region", ""), labels.get("carrier", ""),
-            network_type if network_type in _NETWORK_TYPES else "unknown"]
+            network_type if network_type in NETWORK_TYPES else "unknown"]
 
 
 # Seconds. From a loopback login (well under a millisecond) to a deadline; fine steps where
@@ -45,7 +45,6 @@ BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05,
 # The same bounds in nanoseconds: results carry integer ns, so bisect needs no division.
 _BOUNDS_NS = tuple(round(b * 1e9) for b in BUCKETS)
 _LE = (*map(str, BUCKETS), "+Inf")
-_PHASES = frozenset({"ping", "dns", "tcp", "tls", "login"})  # an agent cannot add series
 # Labels the guard caps, by their place in a series' key (check, protocol, target, agent,
 # region, carrier). network_type is a closed set already; phase too.
 _GUARDED = ("check", "protocol", "target", "agent", "region", "carrier")
@@ -167,7 +166,7 @@ class ResultMetrics(Collector):
                     if not phase.skipped:
                         h = s.phases.get(phase.name)
                         if h is None:
-                            if phase.name not in _PHASES:
+                            if phase.name not in PHASES:  # an agent cannot add series
                                 continue
                             h = s.phases[phase.name] = self._phases.setdefault(
                                 (*s.where, phase.name), _Histogram())

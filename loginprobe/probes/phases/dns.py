@@ -16,8 +16,8 @@ import dns.rdatatype
 import dns.resolver
 import dns.rrset
 
+from loginprobe.contract import Reason
 from loginprobe.probes.attempt import Attempt, ProbeFailure
-from loginprobe.reasons import Reason
 from loginprobe.result import DNSInfo
 
 HOSTS_FILE = Path("/etc/hosts")

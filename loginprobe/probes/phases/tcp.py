@@ -10,8 +10,8 @@ import socket
 import struct
 from functools import lru_cache
 
+from loginprobe.contract import Reason
 from loginprobe.probes.attempt import Attempt, Conn, ProbeFailure
-from loginprobe.reasons import Reason
 
 _UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL, errno.ENETDOWN}
 _TCPI_RTT = struct.Struct("=I")

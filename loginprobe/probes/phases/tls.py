@@ -11,8 +11,8 @@ from functools import lru_cache
 from cryptography import x509
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
+from loginprobe.contract import Reason
 from loginprobe.probes.attempt import Attempt, Conn, ProbeFailure
-from loginprobe.reasons import Reason
 from loginprobe.result import TLSInfo
 
 _TLS_READ_BUFFER = 2 * (16 * 1024 + 256)

@@ -1,8 +1,20 @@
-"""The closed set of reason codes (CONTRACT.md section 3), each with its step and a hint."""
+"""The contract's closed vocabularies, in one place: reason codes with their step and hint,
+phase names, network types and result values (CONTRACT.md sections 2-4 and 6)."""
 
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Literal, get_args
+
+# Phase names in the order an attempt runs them; `upgrade` only on WebSocket transports and
+# `ping` only where ICMP is enabled and permitted.
+PHASES: tuple[str, ...] = ("ping", "dns", "tcp", "tls", "upgrade", "login")
+
+NetworkType = Literal["wifi", "cellular", "wired", "unknown"]
+NETWORK_TYPES: tuple[NetworkType, ...] = get_args(NetworkType)
+
+# The `result` label of loginprobe_attempts_total.
+RESULTS: tuple[str, ...] = ("success", "failure")
 
 
 class Step(StrEnum):
@@ -40,6 +52,8 @@ class Reason(StrEnum):
     SERVER_ERROR = "server_error"
     LOGIN_TIMEOUT = "login_timeout"
     PROTOCOL_ERROR = "protocol_error"
+    KEEPALIVE_TIMEOUT = "keepalive_timeout"
+    SESSION_CLOSED = "session_closed"
     TIMEOUT = "timeout"
     INTERNAL_ERROR = "internal_error"
 
@@ -166,6 +180,16 @@ _INFO: dict[Reason, tuple[Step, str]] = {
         Step.SERVER,
         "The server sent something malformed or unexpected: run with --verbose and read "
         "the transcript.",
+    ),
+    Reason.KEEPALIVE_TIMEOUT: (
+        Step.NETWORK,
+        "The held session's keepalives went unanswered: the path dropped packets or a NAT or "
+        "load balancer forgot the connection; compare the network paths and their idle timeouts.",
+    ),
+    Reason.SESSION_CLOSED: (
+        Step.SERVER,
+        "The server closed an established session without a reason: check its logs for a "
+        "restart, an idle timeout or a connection limit.",
     ),
     Reason.TIMEOUT: (
         Step.NETWORK,
