@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         daemon = sub.add_parser(name, help=job, description=job)
         daemon.add_argument("--config", required=True, metavar="FILE", help="YAML config file")
-    from loginprobe.compare import add_parser as add_compare  # its options live beside its code
+    from loginprobe.compare.cli import add_parser as add_compare  # its options live beside its code
 
     add_compare(sub)
     return parser
@@ -170,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_collector(args.config)
         if args.command == "compare":
-            from loginprobe.compare import run as run_compare
+            from loginprobe.compare.cli import run as run_compare
 
             return run_compare(args)
     except (UsageError, ConfigError) as exc:

@@ -19,15 +19,9 @@ from typing import Any
 
 import pytest
 
-from loginprobe.compare import (
-    Group,
-    Phase,
-    compare_groups,
-    fisher_exact,
-    mann_whitney_binned,
-    parse_duration,
-    wilson,
-)
+from loginprobe.compare.cli import parse_duration
+from loginprobe.compare.report import Group, Phase, compare_groups
+from loginprobe.compare.stats import fisher_exact, mann_whitney_binned, wilson
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, math.inf)
 SPAN = 3600  # seconds of data
