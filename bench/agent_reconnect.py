@@ -22,7 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.common import PROBE_CPU, SERVER_CPU, Acceptor, load_note, machine, median
-from devstack.fleet import PKI, Agent, Collector, collector_config, new_token, wait_for
+from devstack.certs import PKI
+from devstack.fleet import Agent, Collector, collector_config, new_token, wait_for
 
 
 def results_size(collector: Collector) -> int:

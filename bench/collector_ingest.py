@@ -47,7 +47,8 @@ from bench.common import (
     process_cpu_seconds,
     raise_nofile,
 )
-from devstack.fleet import PKI, Collector, collector_config, new_token
+from devstack.certs import PKI
+from devstack.fleet import Collector, collector_config, new_token
 from loginprobe.codec import Report, to_wire
 from loginprobe.contract import Reason
 from loginprobe.result import DNSInfo, Phase, Result, TLSInfo

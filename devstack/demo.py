@@ -19,7 +19,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from devstack.fleet import PKI, ROOT, Agent, Collector, collector_config, new_token, wait_for
+from devstack.certs import PKI
+from devstack.fleet import ROOT, Agent, Collector, collector_config, new_token, wait_for
 from devstack.ground import Ground
 from devstack.prometheus import prometheus, query
 

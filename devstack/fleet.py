@@ -1,15 +1,12 @@
-"""Helpers to run real collector and agent processes in tests: a test PKI, bearer tokens,
+"""Helpers to run real collector and agent processes in tests: bearer tokens,
 config files, free loopback ports, and a process handle that waits for health and stops."""
 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import hashlib
-import ipaddress
 import json
 import os
-import re
 import secrets
 import signal
 import socket
@@ -19,130 +16,17 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from devstack.certs import PKI, CertPair
 
 ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
-
-
-# ---- PKI -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CertPair:
-    cert: Path
-    key: Path
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-
-
-class PKI:
-    """A test CA in `folder`, with a server certificate for localhost / 127.0.0.1 and
-    client certificates made on demand (EC keys: microseconds each, where RSA takes ~100 ms)."""
-
-    def __init__(self, folder: Path, ca_name: str = "loginprobe Fleet Test CA") -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        self.folder = folder
-        self._key = ec.generate_private_key(ec.SECP256R1())
-        self._ca_name = _name(ca_name)
-        now = dt.datetime.now(dt.UTC)
-        ca = (
-            x509.CertificateBuilder()
-            .subject_name(self._ca_name)
-            .issuer_name(self._ca_name)
-            .public_key(self._key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=1))
-            .not_valid_after(now + dt.timedelta(days=30))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True, content_commitment=False, key_encipherment=False,
-                    data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                    crl_sign=True, encipher_only=False, decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(
-                x509.SubjectKeyIdentifier.from_public_key(self._key.public_key()), critical=False
-            )
-            .sign(self._key, hashes.SHA256())
-        )
-        self.ca_file = folder / "ca.pem"
-        self.ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-        self._ca = ca
-        self.server = self.issue("localhost", dns=("localhost",), ips=(LOOPBACK, "::1"),
-                                 server=True)
-
-    def issue(
-        self,
-        cn: str,
-        *,
-        dns: tuple[str, ...] = (),
-        ips: tuple[str, ...] = (),
-        uris: tuple[str, ...] = (),
-        server: bool = False,
-    ) -> CertPair:
-        """A leaf certificate signed by this CA: a server's, or an agent's client cert."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = dt.datetime.now(dt.UTC)
-        sans: list[x509.GeneralName] = [x509.DNSName(n) for n in dns]
-        sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in ips]
-        sans += [x509.UniformResourceIdentifier(u) for u in uris]
-        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(_name(cn))
-            .issuer_name(self._ca_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=1))
-            .not_valid_after(now + dt.timedelta(days=30))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()),
-                critical=False,
-            )
-        )
-        if sans:
-            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        cert = builder.sign(self._key, hashes.SHA256())
-        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", cn)
-        pair = CertPair(self.folder / f"{stem}.crt", self.folder / f"{stem}.key")
-        pair.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        _write_key(key, pair.key)
-        return pair
-
-    def channel_credentials(self, client: CertPair | None = None) -> grpc.ChannelCredentials:
-        """What an agent (or a raw test client) uses to reach a collector of this PKI."""
-        return grpc.ssl_channel_credentials(
-            root_certificates=self.ca_file.read_bytes(),
-            private_key=client.key.read_bytes() if client else None,
-            certificate_chain=client.cert.read_bytes() if client else None,
-        )
 
 
 def new_token() -> tuple[str, str]:

@@ -19,7 +19,7 @@ import dns.exception
 import dns.message
 import dns.query
 
-from devstack.fleet import PKI
+from devstack.certs import PKI
 from devstack.ground import PASSWORD, USER, mqtt_connack
 
 NET = ipaddress.ip_network("198.51.100.0/24")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -14,17 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from devstack.fleet import free_port
+
 START_TIMEOUT = 20.0
 
 
 class PrometheusError(RuntimeError):
     """Prometheus is missing or did not come up."""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager
@@ -35,10 +30,11 @@ def prometheus(
     *,
     rule_files: tuple[Path, ...] = (),
     jobs: dict[str, list[str]] | None = None,
+    storage: Path | None = None,
 ) -> Iterator[str]:
     """Yields the base URL of a Prometheus on 127.0.0.1 scraping targets (HOST:PORT) every
     interval as job "loginprobe", plus any further jobs {name: targets}, with rule_files
-    loaded; stopped, with its data in folder, on exit."""
+    loaded; stopped, with its data in folder (or in storage, a TSDB made beforehand), on exit."""
     binary = shutil.which("prometheus")
     if binary is None:
         raise PrometheusError("prometheus not found: install the Debian package prometheus")
@@ -51,14 +47,15 @@ def prometheus(
         # without it.
         "rule_files": [str(p.resolve()) for p in rule_files],
         "scrape_configs": [{"job_name": job, "static_configs": [{"targets": t}]}
-                           for job, t in scrapes.items()],
+                           for job, t in scrapes.items() if t],
     }))
     for _ in range(3):  # another process may take the port between picking and binding
-        url = f"http://127.0.0.1:{_free_port()}"
+        url = f"http://127.0.0.1:{free_port()}"
         log = folder / "prometheus.log"
         with log.open("w") as out:
             proc = subprocess.Popen(
-                [binary, f"--config.file={config}", f"--storage.tsdb.path={folder / 'tsdb'}",
+                [binary, f"--config.file={config}",
+                 f"--storage.tsdb.path={storage or folder / 'tsdb'}",
                  f"--web.listen-address={url.removeprefix('http://')}"],
                 stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C reaches the parent, which stops it by PID

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
+from devstack.certs import PKI
 from devstack.fleet import (
-    PKI,
     ROOT,
     Agent,
     Collector,

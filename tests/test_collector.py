@@ -18,7 +18,8 @@ from typing import Any
 import grpc
 import pytest
 
-from devstack.fleet import PKI, ROOT, Collector, collector_config, new_token, wait_for, write_yaml
+from devstack.certs import PKI
+from devstack.fleet import ROOT, Collector, collector_config, new_token, wait_for, write_yaml
 from loginprobe.codec import Report, to_wire
 from loginprobe.collector.config import load_config
 from loginprobe.contract import Reason

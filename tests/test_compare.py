@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from devstack.fleet import free_port
+from devstack.prometheus import prometheus
 from loginprobe.compare.cli import parse_duration
 from loginprobe.compare.report import Group, Phase, compare_groups
 from loginprobe.compare.stats import fisher_exact, mann_whitney_binned, wilson
@@ -126,12 +126,6 @@ def openmetrics(start: int, checks: list[tuple[str, str, list[NetPath]]]) -> str
     return "\n".join(lines) + "\n"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass(frozen=True)
 class Prom:
     url: str
@@ -161,44 +155,8 @@ def prom(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prom]:
         check=True,
         capture_output=True,
     )
-    (root / "prometheus.yml").write_text("global:\n  scrape_interval: 1m\n")  # scrapes nothing
-    for _ in range(3):  # another process may take the port between picking and binding
-        port = _free_port()
-        log = (root / "prometheus.log").open("w")
-        proc = subprocess.Popen(
-            [
-                "prometheus",
-                f"--config.file={root / 'prometheus.yml'}",
-                f"--storage.tsdb.path={root / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
-        while proc.poll() is None and time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.1)
-        if proc.poll() is None and time.monotonic() < deadline:
-            break
-        proc.kill()
-        proc.wait()
-        log.close()
-        if "address already in use" not in (root / "prometheus.log").read_text():
-            pytest.fail(f"prometheus did not start:\n{(root / 'prometheus.log').read_text()}")
-    else:
-        pytest.fail("prometheus found no free port in three tries")
-    try:
+    with prometheus(root, [], "1m", storage=root / "tsdb") as url:  # scrapes nothing
         yield Prom(url, start, end)
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        log.close()
 
 
 def compare(*args: str) -> subprocess.CompletedProcess[str]:
@@ -345,7 +303,7 @@ def test_no_data_is_exit_1(prom: Prom) -> None:
 
 
 def test_unreachable_prometheus_is_exit_2() -> None:
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     out = compare("--prometheus", url, "--range", "1h")
     assert out.returncode == 2
     assert f"loginprobe compare: cannot reach Prometheus at {url}: " in out.stderr

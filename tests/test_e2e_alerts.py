@@ -23,7 +23,8 @@ from typing import Any
 
 import pytest
 
-from devstack.fleet import PKI, ROOT, Agent, Collector, collector_config, new_token, wait_for
+from devstack.certs import PKI
+from devstack.fleet import ROOT, Agent, Collector, collector_config, new_token, wait_for
 from devstack.ground import Ground
 from devstack.prometheus import alerts, prometheus, query
 from tests.test_dashboards import Query, panel_queries, substitute, variable_queries
