@@ -19,7 +19,7 @@ from loginprobe.agent.scheduler import LOCAL, CheckSpec, Scheduler
 from loginprobe.agent.spool import Spool, SpoolError
 from loginprobe.agent.uplink import FatalError, Uplink, encode
 
-log = logging.getLogger("agent")
+log = logging.getLogger(__name__)
 DRAIN_SECONDS = 5.0
 
 
@@ -27,7 +27,7 @@ def run(config_path: str) -> int:
     """Exit status: 0 after a graceful stop, 1 on a fatal error (one sentence on stderr);
     an invalid config raises ConfigError before anything starts."""
     cfg = load_config(config_path)
-    logging.getLogger("agent").setLevel(logging.INFO)
+    logging.getLogger("loginprobe.agent").setLevel(logging.INFO)
     return asyncio.run(_agent(cfg))
 
 
