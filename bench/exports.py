@@ -28,6 +28,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 
 from bench.collector_ingest import _template
 from bench.common import load_note, machine
+from devstack.prometheus import parse_render
 from loginprobe.collector.exporters.log import EventLog
 from loginprobe.collector.exporters.otel import TraceExporter
 from loginprobe.collector.exporters.prometheus import ResultMetrics, StatsCollector
@@ -70,7 +71,7 @@ def _fleet(agents: int, checks: int) -> tuple[Stats, ResultMetrics, int]:
             msg.trace_id = os.urandom(16)
             batch.append(msg)
         ingest.batch(agent, {}, batch)
-    return stats, metrics, sum(len(m.samples) for m in metrics.collect())
+    return stats, metrics, sum(len(m.samples) for m in parse_render(metrics.render))
 
 
 def _median_seconds(fn: Any, runs: int) -> float:
@@ -146,7 +147,7 @@ def render(args: argparse.Namespace) -> None:
     encode = (time.perf_counter() - t) / 200 * 1e6
     print(f"per exported attempt       {build + encode:10.1f} µs   (its {len(spans[0])} spans: "
           f"{build:.0f} to build, {encode:.0f} to encode; export thread)")
-    traces.shutdown()
+    traces.close()
     log = EventLog(s, Path(os.devnull))
     print(f"per result: event log      {_per_result_us(log, results):10.1f} µs   "
           "(successes, nothing failing)")

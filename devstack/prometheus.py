@@ -9,9 +9,12 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.fleet import free_port
 
@@ -101,3 +104,8 @@ def alerts(url: str) -> list[dict[str, Any]]:
         answer: dict[str, Any] = json.load(resp)
     found: list[dict[str, Any]] = answer["data"]["alerts"]
     return found
+
+
+def parse_render(render: Callable[[bool], bytes]) -> list[Metric]:
+    """A hand-written exposition (ResultMetrics.render) parsed as a scraper reads it."""
+    return list(text_string_to_metric_families(render(False).decode()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,7 +16,8 @@ from loginprobe.codec import Report, check_wire, from_wire, to_wire
 from loginprobe.collector.assign import assigned, changes
 from loginprobe.collector.auth import AuthError, Credential, credential, identify
 from loginprobe.collector.config import Agent, Check
-from loginprobe.collector.ingest import Ingest, Refused, ResultsLog, Stats
+from loginprobe.collector.exporters.results_log import ResultsLog
+from loginprobe.collector.ingest import Accepted, Ingest, Refused, Stats
 from loginprobe.collector.server import Bucket, check_to_wire
 from loginprobe.contract import Reason
 from loginprobe.result import Phase, Result
@@ -123,10 +125,23 @@ def test_check_wire_refuses_what_from_wire_cannot_decode() -> None:
             from_wire(msg)
 
 
+class Collect:
+    """A sink that hands each batch to a function."""
+
+    def __init__(self, fn: Callable[[Accepted], object]) -> None:
+        self._fn = fn
+
+    def write(self, batch: Accepted) -> None:
+        self._fn(batch)
+
+    def close(self) -> None:
+        pass
+
+
 def test_batches_dedupe_refuse_and_ack(tmp_path: Path) -> None:
     stats = Stats()
     seen: list[int] = []
-    ingest = Ingest(stats, [lambda b: seen.extend(r.seq for r in b.reports())])
+    ingest = Ingest(stats, [Collect(lambda b: seen.extend(r.seq for r in b.reports()))])
     assert ingest.hello("a", 0) == 0
     assert ingest.batch("a", {}, [result(1), result(2), result(3)]) == 3
     assert ingest.batch("a", {}, [result(2), result(3), result(4)]) == 4  # a replay overlaps
@@ -153,7 +168,7 @@ def test_batches_dedupe_refuse_and_ack(tmp_path: Path) -> None:
 
 def test_reports_carry_the_credentials_agent_and_fixed_labels() -> None:
     reports = []
-    ingest = Ingest(Stats(), [lambda b: reports.extend(b.reports())])
+    ingest = Ingest(Stats(), [Collect(lambda b: reports.extend(b.reports()))])
     ingest.batch("a1", {"region": "eu-west"}, [result(1)])
     assert reports[0].agent == "a1" and reports[0].labels == {"region": "eu-west"}
 

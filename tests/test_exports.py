@@ -26,7 +26,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.fleet import Collector, collector_config, free_port, new_token, wait_for
-from devstack.prometheus import prometheus, query
+from devstack.prometheus import parse_render, prometheus, query
 from loginprobe.codec import Report, to_wire
 from loginprobe.collector.exporters.otel import TraceExporter
 from loginprobe.collector.exporters.prometheus import OVERFLOW, ResultMetrics, StatsCollector
@@ -248,7 +248,7 @@ def test_series_of_a_vanished_agent_are_removed_after_the_ttl() -> None:
     ingest.batch("gone", {}, [result(1, True, os.urandom(16))])
     time.sleep(0.3)
     ingest.batch("stays", {}, [result(1, True, os.urandom(16))])
-    agents = {s.labels.get("agent") for m in metrics.collect() for s in m.samples}
+    agents = {s.labels.get("agent") for m in parse_render(metrics.render) for s in m.samples}
     assert "stays" in agents and "gone" not in agents
     # The agent's own series (connected, last result, received) go once it is neither
     # connected nor sending for the TTL.
@@ -270,7 +270,7 @@ def test_the_cardinality_guard_caps_values_and_counts_the_rest() -> None:
         msg.check = check
         results.append(msg)
     Ingest(stats, [metrics]).batch("a1", {}, results)
-    samples = [s for m in metrics.collect() for s in m.samples]
+    samples = [s for m in parse_render(metrics.render) for s in m.samples]
     checks = {s.labels["check"]: s.value for s in samples
               if s.name == "loginprobe_attempts_total"}
     assert checks == {"c1": 1, "c2": 1, OVERFLOW: 3}  # counted, under one value
@@ -301,7 +301,7 @@ def test_successes_are_sampled_by_trace_id_and_failures_always_kept() -> None:
         Ingest(Stats(), [exporter]).batch("a1", {}, [
             *(result(i + 1, True, t) for i, t in enumerate(ids)),
             *(result(1000 + i, False, t) for i, t in enumerate(ids[:50]))])
-        exporter.shutdown()
+        exporter.close()
         kept.append(memory.trace_ids)
     assert kept[0] == kept[1]  # the same attempts, the same decision
     successes = len(kept[0]) - 50
@@ -319,10 +319,16 @@ def test_the_fast_render_says_what_the_collector_does() -> None:
         return {(s.name, tuple(sorted(s.labels.items())), s.value)
                 for f in families for s in f.samples}
 
-    rendered = text_string_to_metric_families(metrics.render(False).decode())
-    assert samples(rendered) == samples(metrics.collect())
+    text = samples(text_string_to_metric_families(metrics.render(False).decode()))
     parsed = om_parse(metrics.render(True).decode() + "# EOF\n")  # type: ignore[no-untyped-call]
-    assert samples(parsed) == samples(metrics.collect())
+    assert samples(parsed) == text  # both formats say the same
+    odd = 'odd "quoted"\\ value'  # escaped on the way out, read back as it was
+    attempts = {(dict(labels)["result"], dict(labels)["region"], dict(labels)["agent"]): v
+                for name, labels, v in text if name == "loginprobe_attempts_total"}
+    assert attempts == {("success", odd, "a1"): 1.0, ("failure", odd, "a1"): 1.0}
+    counts = {name: v for name, labels, v in text
+              if name in ("loginprobe_duration_seconds_count", "loginprobe_success")}
+    assert counts == {"loginprobe_duration_seconds_count": 2.0, "loginprobe_success": 0.0}
 
 
 def test_sampled_successes_are_held_to_a_budget_failures_are_not() -> None:
@@ -333,6 +339,6 @@ def test_sampled_successes_are_held_to_a_budget_failures_are_not() -> None:
     Ingest(Stats(), [exporter]).batch("a1", {}, [
         *(result(i + 1, True, os.urandom(16)) for i in range(100)),
         *(result(200 + i, False, t) for i, t in enumerate(failures))])
-    exporter.shutdown()
+    exporter.close()
     assert len(memory.trace_ids) == 10 + 30 and exporter.over_budget == 90
     assert {int.from_bytes(t) for t in failures} <= set(memory.trace_ids)

@@ -109,3 +109,13 @@ def test_one_import_package() -> None:
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert config["tool"]["setuptools"]["packages"]["find"]["include"] == ["loginprobe*"]
     assert not (ROOT / "agent").exists() and not (ROOT / "collector").exists()
+
+
+def test_wire_types_stop_at_the_edge() -> None:
+    # The gRPC ends (the agent's uplink, the collector's server and ingest) and the codec
+    # between wire and plain types; the exporters read ResultViews, never the messages.
+    edge = {"loginprobe.codec", "loginprobe.agent.uplink", "loginprobe.collector.server",
+            "loginprobe.collector.ingest"}
+    users = {m for m, imported in _imports().items()
+             if any(n == "loginprobe.wire" or n.startswith("loginprobe.wire.") for n in imported)}
+    assert users <= edge, sorted(users - edge)

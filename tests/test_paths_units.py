@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from devstack.prometheus import parse_render
 from loginprobe.agent.config import load_config
 from loginprobe.agent.network_paths import ProbePath
 from loginprobe.agent.scheduler import LOCAL, CheckSpec, Scheduler
@@ -204,7 +205,7 @@ def test_metrics_take_each_results_path_labels_and_fall_back_to_the_agents() -> 
     ingest.batch("a1", {"region": "us-east"}, [to_wire(report(5, {"region": "eu"}))])
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
-        for m in metrics.collect() for s in m.samples
+        for m in parse_render(metrics.render) for s in m.samples
     }
 
     def get(name: str, **labels: str) -> float:

@@ -4,18 +4,15 @@ which sequence number to acknowledge."""
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import IO
+from typing import Protocol
 
 import grpc
 
-from loginprobe.codec import Report, check_wire, from_wire
+from loginprobe.codec import Report, ResultView, check_wire, from_wire
 from loginprobe.wire import collector_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -61,18 +58,22 @@ class Stats:
 
 @dataclass
 class Accepted:
-    """One batch's new results for the sinks. Decoding to Reports costs ~30 µs a result,
-    so it happens only when a sink asks, and once."""
+    """One batch's new results for the sinks: read in place as ResultViews, or decoded to
+    Reports (~30 µs a result), which happens only when a sink asks, and once."""
 
     agent: str
     fixed_labels: dict[str, str]  # the registry's labels win over what a result claims
-    results: list[pb.ProbeResult]
+    wire: list[pb.ProbeResult]
     _reports: list[Report] | None = None
+
+    @property
+    def results(self) -> Sequence[ResultView]:
+        return self.wire
 
     def reports(self) -> list[Report]:
         if self._reports is None:
             self._reports = []
-            for msg in self.results:
+            for msg in self.wire:
                 report = from_wire(msg)  # cannot fail: check_wire passed
                 report.agent = self.agent
                 report.labels.update(self.fixed_labels)
@@ -80,7 +81,13 @@ class Accepted:
         return self._reports
 
 
-Sink = Callable[[Accepted], None]
+class Sink(Protocol):
+    """Where accepted results go: the exporters and the results log (collector/sinks.py
+    builds them from the config). write() runs on the event loop and must not block."""
+
+    def write(self, batch: Accepted) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class Ingest:
@@ -135,7 +142,7 @@ class Ingest:
         if fresh:
             batch = Accepted(agent, fixed_labels, fresh)
             for sink in self.sinks:
-                sink(batch)
+                sink.write(batch)
             self.stats.received[agent] = self.stats.received.get(agent, 0) + len(fresh)
             self.stats.last_result[agent] = time.time()
         if duplicates:
@@ -149,46 +156,3 @@ class Ingest:
         if previous > mark:
             self.high_water[agent] = mark = previous
         return mark
-
-
-# What recovery reads from the start of each results-log line.
-_LINE_START = re.compile(rb'\{"agent": ("(?:[^"\\]|\\.)*"), "seq": (\d+)')
-
-
-class ResultsLog:
-    """A sink writing every accepted result as one JSON line, flushed before the batch is
-    acknowledged. At start it recovers each agent's high-water mark from the file, so a
-    collector killed between writing and acknowledging does not count the replay twice."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.high_water: dict[str, int] = {}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a+b") as f:
-            f.seek(0)
-            end = 0
-            for line in f:
-                if not line.endswith(b"\n"):
-                    break  # half a line from a kill mid-write: dropped below
-                end += len(line)
-                m = _LINE_START.match(line)
-                if m:
-                    agent, seq = json.loads(m[1]), int(m[2])
-                    if seq > self.high_water.get(agent, 0):
-                        self.high_water[agent] = seq
-            f.truncate(end)
-        self._file: IO[str] = path.open("a", encoding="utf-8")
-
-    def __call__(self, batch: Accepted) -> None:
-        agent = json.dumps(batch.agent)
-        self._file.write("".join(
-            f'{{"agent": {agent}, "seq": {r.seq}, "check": {json.dumps(r.check)}, '
-            f'"result": {json.dumps(r.result.to_dict())}}}\n'
-            for r in batch.reports()
-        ))
-        # A flush reaches the kernel, which is what survives kill -9; fsync would only add
-        # power-failure safety at a cost per batch.
-        self._file.flush()
-
-    def close(self) -> None:
-        self._file.close()

@@ -23,9 +23,9 @@ from loginprobe.address import split_host_port
 from loginprobe.collector.assign import assigned, changes
 from loginprobe.collector.auth import AuthError, Credential, credential, identify
 from loginprobe.collector.config import Check, Loaded, load_config
-from loginprobe.collector.exporters.log import EventLog
-from loginprobe.collector.exporters.prometheus import ResultMetrics, serve_metrics
-from loginprobe.collector.ingest import Ingest, Refused, ResultsLog, Sink, Stats
+from loginprobe.collector.exporters.prometheus import serve_metrics
+from loginprobe.collector.ingest import Ingest, Refused, Stats
+from loginprobe.collector.sinks import build as build_sinks
 from loginprobe.config import ConfigError
 from loginprobe.wire import collector_pb2 as pb
 
@@ -381,26 +381,8 @@ async def serve(path: Path, loaded: Loaded) -> int:
     address cannot be listened on."""
     config = loaded.config
     stats = Stats()
-    results_log = ResultsLog(config.results_log) if config.results_log else None
-    # ~20-30 µs a result: paid only when there is a /metrics to read them from.
-    result_metrics = ResultMetrics(
-        stats, config.metrics.series_ttl, config.metrics.max_label_values,
-    ) if config.metrics_listen else None
-    traces = None
-    if config.traces:
-        # Imported only when configured: the SDK and its gRPC exporter take time to load.
-        from loginprobe.collector.exporters.otel import TraceExporter
-
-        traces = TraceExporter.otlp(
-            stats, config.traces.endpoint, config.traces.insecure,
-            config.traces.success_sample_ratio, config.traces.queue_size,
-            config.traces.max_sampled_per_second)
-    event_log = EventLog(stats, config.event_log.file) if config.event_log else None
-    # The log first: a batch it fails to write is sent again, and must not count twice.
-    sinks: list[Sink] = [s for s in (results_log, result_metrics, traces, event_log)
-                         if s is not None]
-    high_water = dict(results_log.high_water) if results_log else {}
-    service = CollectorService(loaded, Ingest(stats, sinks, high_water), stats)
+    sinks = build_sinks(config, stats)
+    service = CollectorService(loaded, Ingest(stats, sinks.all, sinks.high_water), stats)
     server = _grpc_server(service, config.limits.max_message_bytes)
     health_service = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_service, server)
@@ -421,9 +403,9 @@ async def serve(path: Path, loaded: Loaded) -> int:
     if config.metrics_listen:
         try:
             metrics = serve_metrics(stats, *split_host_port(config.metrics_listen),
-                                    results=result_metrics,
+                                    results=sinks.metrics,
                                     series_ttl=config.metrics.series_ttl,
-                                    extra=[traces] if traces else [])
+                                    extra=sinks.extra_collectors)
         except OSError as exc:
             log.error("cannot serve /metrics on %s: %s", config.metrics_listen, exc.strerror)
             return 1
@@ -456,11 +438,6 @@ async def serve(path: Path, loaded: Loaded) -> int:
     await stopping
     if metrics is not None:
         metrics.shutdown()
-    if results_log is not None:
-        results_log.close()
-    if traces is not None:
-        traces.shutdown()
-    if event_log is not None:
-        event_log.close()
+    sinks.close()
     log.info("stopped")
     return 0

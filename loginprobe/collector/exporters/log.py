@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+from loginprobe.codec import ResultView
 from loginprobe.collector.ingest import Accepted, Stats
-from loginprobe.wire import collector_pb2 as pb
 
 
 def iso(unix_nano: int) -> str:
@@ -19,7 +19,7 @@ def iso(unix_nano: int) -> str:
     return datetime.fromtimestamp(unix_nano / 1e9, UTC).isoformat(timespec="microseconds")
 
 
-def _failed_phase(msg: pb.ProbeResult) -> str:
+def _failed_phase(msg: ResultView) -> str:
     for phase in msg.phases:
         if not phase.ok and not phase.skipped:
             return phase.name
@@ -40,7 +40,7 @@ class EventLog:
         # (agent, path, check) failing now -> the line that said so, for the recovery
         self._failing: dict[tuple[str, str, str], dict[str, Any]] = {}
 
-    def __call__(self, batch: Accepted) -> None:
+    def write(self, batch: Accepted) -> None:
         agent, fixed = batch.agent, batch.fixed_labels
         claimed = self.stats.labels.get(agent, {})
         failing = self._failing
@@ -75,7 +75,7 @@ class EventLog:
             self._out.flush()
 
     @staticmethod
-    def _state(event: str, key: tuple[str, str, str], msg: pb.ProbeResult,
+    def _state(event: str, key: tuple[str, str, str], msg: ResultView,
                extra: dict[str, Any]) -> dict[str, Any]:
         agent, path, check = key
         return {"event": event, "agent": agent, "path": path, "check": check,

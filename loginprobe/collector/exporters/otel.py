@@ -25,9 +25,9 @@ from opentelemetry.trace.status import Status, StatusCode
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from loginprobe.codec import ResultView
 from loginprobe.collector.ingest import Accepted, Stats
 from loginprobe.target import TargetError, parse_target
-from loginprobe.wire import collector_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _BATCH = 512  # spans' attempts per export call
 _DELAY = 1.0  # seconds a partial batch waits for company
 _RESOURCE_LABELS = ("region", "carrier", "network_type", "path")
-_Item = tuple[str, Mapping[str, str], Mapping[str, str], pb.ProbeResult]
+_Item = tuple[str, Mapping[str, str], Mapping[str, str], ResultView]
 
 
 def _span_id() -> int:
@@ -82,7 +82,7 @@ class TraceExporter(Collector):
         return cls(stats, OTLPSpanExporter(endpoint=endpoint, insecure=insecure),
                    success_sample_ratio, queue_size, max_sampled_per_second)
 
-    def __call__(self, batch: Accepted) -> None:
+    def write(self, batch: Accepted) -> None:
         claimed = self.stats.labels.get(batch.agent, {})
         queue, failures, bound = self._queue, self._failures, self._bound
         now = time.monotonic()
@@ -136,7 +136,7 @@ class TraceExporter(Collector):
             if stopping:
                 return
 
-    def shutdown(self, timeout: float = 5.0) -> None:
+    def close(self, timeout: float = 5.0) -> None:
         """Send what is queued (for up to `timeout` seconds), then close the exporter."""
         self._stop.set()
         self._wake.set()
@@ -165,7 +165,7 @@ class TraceExporter(Collector):
         return self._targets[url]
 
     def spans(self, agent: str, claimed: Mapping[str, str], fixed: Mapping[str, str],
-              msg: pb.ProbeResult) -> list[ReadableSpan]:
+              msg: ResultView) -> list[ReadableSpan]:
         """The root span `login <protocol>` and one child per phase that ran."""
         labels = {**claimed, **msg.labels, **fixed}
         resource = self._resource(agent, labels)
@@ -183,7 +183,7 @@ class TraceExporter(Collector):
             attributes["server.address"], attributes["server.port"] = target
         if msg.resolved_address:
             attributes["network.peer.address"] = msg.resolved_address
-        if msg.HasField("tls") and msg.tls.version:
+        if msg.tls.version:  # an absent tls reads as empty
             # "TLSv1.3" -> tls.protocol.name "tls", tls.protocol.version "1.3"
             name, _, version = msg.tls.version.partition("v")
             attributes["tls.protocol.name"] = name.lower()

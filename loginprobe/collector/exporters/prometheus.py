@@ -17,7 +17,6 @@ from prometheus_client.core import (
     CounterMetricFamily,
     Exemplar,
     GaugeMetricFamily,
-    HistogramMetricFamily,
     Metric,
 )
 from prometheus_client.exposition import ThreadingWSGIServer, choose_encoder
@@ -100,7 +99,7 @@ class _Series:
         self.text = ""  # the key as exposition labels
 
 
-class ResultMetrics(Collector):
+class ResultMetrics:
     """A sink of accepted results, and their metrics at scrape time. The labels of a result
     are the agent's, overridden by the result's own (an agent with several network paths
     labels each result with its path's carrier and network type), overridden by the
@@ -130,7 +129,7 @@ class ResultMetrics(Collector):
         self.dropped: dict[str, int] = {}
         self._warned = False
 
-    def __call__(self, batch: Accepted) -> None:
+    def write(self, batch: Accepted) -> None:
         agent, fixed = batch.agent, batch.fixed_labels
         claimed = self.stats.labels.get(agent, {})
         now = time.monotonic()
@@ -175,6 +174,9 @@ class ResultMetrics(Collector):
                 not_after = msg.tls.not_after_unix
                 if not_after:
                     self._not_after[s.cert_key] = not_after
+
+    def close(self) -> None:
+        """Nothing to flush: the series live until the process ends."""
 
     def _new_series(self, agent: str, check: str, protocol: str, url: str,
                     labels: dict[str, str]) -> _Series:
@@ -225,48 +227,6 @@ class ResultMetrics(Collector):
             values.clear()
             i = _GUARDED.index(name)
             values.update(k[i] for k in self._series if k[i] != OVERFLOW)
-
-    def collect(self) -> Iterator[Metric]:
-        where = ["check", "protocol", "target", "region", "carrier", "network_type"]
-        attempts = CounterMetricFamily(
-            "loginprobe_attempts", "Login attempts, by result and reason.",
-            labels=[*where[:3], "agent", *where[3:], "result", "reason"])
-        success = GaugeMetricFamily(
-            "loginprobe_success", "1 if the latest attempt logged in, else 0.",
-            labels=[*where[:3], "agent", *where[3:]])
-        phases = HistogramMetricFamily(
-            "loginprobe_phase_duration_seconds", "Duration of each phase of an attempt.",
-            labels=[*where, "phase"])
-        durations = HistogramMetricFamily(
-            "loginprobe_duration_seconds", "Duration of a whole attempt.", labels=where)
-        not_after = GaugeMetricFamily(
-            "loginprobe_tls_cert_not_after_timestamp_seconds",
-            "When the server's certificate expires, as last seen.",
-            labels=["check", "target", "agent"])
-        dropped = CounterMetricFamily(
-            "loginprobe_collector_series_dropped",
-            "Results whose label value was replaced by __overflow__ past the cardinality "
-            "cap (beyond the contract).", labels=["label"])
-        with self._lock:
-            self._prune()
-            for s in self._series.values():
-                key = list(s.key)
-                for (ok, reason), n in s.attempts.items():
-                    ex = s.exemplars[(ok, reason)]
-                    attempts.add_metric(
-                        [*key, "success" if ok else "failure", reason], n,
-                        exemplar=Exemplar({"trace_id": ex.hex()}, 1) if ex else None)
-                success.add_metric(key, s.success)
-            for hkey, h in self._phases.items():
-                phases.add_metric(list(hkey), h.buckets(), h.total_ns / 1e9)
-            for hkey, h in self._durations.items():
-                durations.add_metric(list(hkey), h.buckets(), h.total_ns / 1e9)
-            for nkey, t in self._not_after.items():
-                not_after.add_metric(list(nkey), t)
-            for name, n in self.dropped.items():
-                dropped.add_metric([name], n)
-        yield from (attempts, success, phases, durations, not_after, dropped)
-
 
     def render(self, openmetrics: bool) -> bytes:
         """The result families in the text format, or OpenMetrics with exemplars (without
