@@ -32,7 +32,7 @@ from devstack.prometheus import parse_render
 from loginprobe.collector.exporters.log import EventLog
 from loginprobe.collector.exporters.otel import TraceExporter
 from loginprobe.collector.exporters.prometheus import ResultMetrics, StatsCollector
-from loginprobe.collector.ingest import Accepted, Ingest, Stats
+from loginprobe.collector.ingest import Accepted, Ingest, Sink, Stats
 from loginprobe.wire import collector_pb2 as pb
 
 REGIONS = [f"region-{i}" for i in range(10)]
@@ -83,10 +83,10 @@ def _median_seconds(fn: Any, runs: int) -> float:
     return statistics.median(times)
 
 
-def _per_result_us(sink: Any, results: list[pb.ProbeResult], rounds: int = 20) -> float:
+def _per_result_us(sink: Sink, results: list[pb.ProbeResult], rounds: int = 20) -> float:
     batch = Accepted("agent-0001", {}, results)
-    sink(batch)  # warm the caches
-    return _median_seconds(lambda: sink(batch), rounds) / len(results) * 1e6
+    sink.write(batch)  # warm the caches
+    return _median_seconds(lambda: sink.write(batch), rounds) / len(results) * 1e6
 
 
 class _Null:
