@@ -9,12 +9,14 @@ import contextlib
 import hashlib
 import hmac
 import secrets
-import unicodedata
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 from xml.parsers import expat
 from xml.sax.saxutils import escape
+
+from scramp import ScramException
+from scramp.core import saslprep
 
 from loginprobe.contract import Reason
 from loginprobe.probes.attempt import MAX_MESSAGE_BYTES, Attempt, Conn, ProbeFailure, printable
@@ -518,8 +520,18 @@ def _client_nonce() -> str:
 
 
 def _saslprep(text: str) -> str:
-    """A small stand-in for SASLprep (RFC 4013): NFKC is the part that matters in practice."""
-    return unicodedata.normalize("NFKC", text)
+    """SASLprep (RFC 4013), as scramp implements it: a name or password with a character it
+    prohibits could be accepted by no server, so the attempt ends here, saying so (and
+    never quoting the text, which may be the password)."""
+    try:
+        prepared: str = saslprep(text)
+        return prepared
+    except ScramException:
+        raise ProbeFailure(
+            Reason.AUTH_REJECTED,
+            "the user name or password holds a character SASLprep (RFC 4013) prohibits, "
+            "such as a control character: no server can accept it; fix the credential",
+        ) from None
 
 
 def _b64decode(text: str, what: str) -> bytes:
