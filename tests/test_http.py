@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import h11
 import pytest
 
 from devstack import fakes
@@ -186,6 +187,15 @@ def fake_options(timeout: float = 2.0) -> ProbeOptions:
             "server",
             'HTTP 400 Bad Request: {"error": "account locked"}',
         ),
+        # A chunked body is read through its framing.
+        (
+            b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\n"
+            b'Transfer-Encoding: chunked\r\n\r\n10\r\n{"error": "accou\r\nb\r\nnt locked"}'
+            b"\r\n0\r\n\r\n",
+            "auth_not_authorized",
+            "account",
+            'HTTP 403 Forbidden: {"error": "account locked"}',
+        ),
         (b"HTTP/1.1 200\r\n\r\n", "ok", "none", ""),
         (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n", "ok", "none", ""),
         (b"HTTP/1.1 2xx Fine\r\n\r\n", "protocol_error", "server", "malformed status line"),
@@ -268,7 +278,7 @@ async def test_close_mid_headers_is_a_protocol_error() -> None:
 )
 def test_host_header_has_the_port_only_when_not_the_default(url: str, host: str) -> None:
     attempt = Attempt(parse_target(url), ProbeOptions(password=FAKE_PASSWORD))
-    request, shown = build_request(attempt)
+    request, shown = build_request(attempt, h11.Connection(h11.CLIENT))
     assert f"\r\nHost: {host}\r\n".encode() in request
     assert FAKE_PASSWORD not in shown
     assert request.endswith(b"\r\n\r\n")

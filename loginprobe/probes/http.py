@@ -1,5 +1,5 @@
-"""The HTTP login probe: one hand-written HTTP/1.1 request with the credentials, judged by the
-status line alone."""
+"""The HTTP login probe: one HTTP/1.1 request with the credentials, judged by the status line
+alone; h11 (sans-IO) frames the bytes, this module times and reads them."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ import contextlib
 import json
 import re
 from http import HTTPStatus
+from typing import Any
+
+import h11
 
 from loginprobe import __version__
 from loginprobe.contract import Reason
@@ -21,111 +24,107 @@ MAX_HEAD_BYTES = 64 * 1024
 BODY_PREFIX_BYTES = 4096
 READ_BYTES = 4096
 BODY_GRACE = 0.2  # seconds
-_HEAD_END = re.compile(rb"\r?\n\r?\n")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_BYTEARRAY = re.compile(r"bytearray\(b('.*'|\".*\")\)")
 # A challenge starts the header or follows a comma, and is a token not followed by "=".
 _BASIC_CHALLENGE = re.compile(r"(?:^|,)\s*basic(?:\s|,|$)", re.IGNORECASE)
 
 
-def build_request(attempt: Attempt) -> tuple[bytes, str]:
-    """The request bytes and their transcript form, with the credentials redacted."""
+def build_request(attempt: Attempt, http: h11.Connection) -> tuple[bytes, str]:
+    """The request bytes (through h11, which then expects the answer to this request) and
+    their transcript form, with the credentials redacted."""
     target = attempt.target
     password = attempt.options.password or ""
     host = f"[{target.host}]" if ":" in target.host else target.host
     if target.port != _DEFAULT_PORTS.get(target.scheme):
         host += f":{target.port}"
     method = "POST" if target.params.get("auth") == "json" else "GET"
-    head = [
-        f"{method} {target.path} HTTP/1.1",
-        f"Host: {host}",
-        f"User-Agent: loginprobe/{__version__}",
-        "Accept: */*",
-    ]
-    shown = list(head)
+    headers = [("Host", host), ("User-Agent", f"loginprobe/{__version__}"), ("Accept", "*/*")]
+    shown = list(headers)
     body = b""
+    shown_body = ""
     if method == "POST":
         body = json.dumps({"username": target.user, "password": password}).encode()
         shown_body = json.dumps({"username": target.user, "password": REDACTED})
-        for lines in (head, shown):
-            lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
+        for lines in (headers, shown):
+            lines += [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
     else:
         token = base64.b64encode(f"{target.user}:{password}".encode()).decode()
-        head.append(f"Authorization: Basic {token}")
-        shown.append(f"Authorization: Basic {REDACTED}")
-        shown_body = ""
+        headers.append(("Authorization", f"Basic {token}"))
+        shown.append(("Authorization", f"Basic {REDACTED}"))
     # One request per connection: the server closes after its answer, and a keep-alive
     # server has no reason to wait for a second request from us.
-    for lines in (head, shown):
-        lines += ["Connection: close", "", ""]
-    return "\r\n".join(head).encode() + body, "\r\n".join(shown) + shown_body
+    for lines in (headers, shown):
+        lines.append(("Connection", "close"))
+    data = http.send(h11.Request(method=method, target=target.path, headers=headers)) or b""
+    if body:
+        data += http.send(h11.Data(data=body)) or b""
+    data += http.send(h11.EndOfMessage()) or b""
+    text = "".join(f"{k}: {v}\r\n" for k, v in shown)
+    return data, f"{method} {target.path} HTTP/1.1\r\n{text}\r\n{shown_body}"
 
 
-async def read_head(conn: Conn) -> tuple[int, str, dict[str, str], bytes]:
-    """Read up to the end of the final response's headers. Returns the status code, the
-    reason phrase, the headers (lower-case names, last one wins) and whatever part of the
-    body arrived with them."""
-    data = b""
-    interim = 0  # bytes of 1xx answers, which count against the same limit
+async def _next_event(conn: Conn, http: h11.Connection) -> Any:
+    """h11's next event, reading from the connection as it needs more bytes. The first
+    bytes tell HTTP from another protocol; what h11 refuses is malformed HTTP."""
     while True:
-        end = _HEAD_END.search(data)
-        if end is None:
-            if interim + len(data) > MAX_HEAD_BYTES:
-                raise ProbeFailure(
-                    Reason.PROTOCOL_ERROR,
-                    f"the response headers are longer than {MAX_HEAD_BYTES} bytes",
-                )
-            data += await conn.recv(READ_BYTES)
-            if not data.startswith(b"HTTP/"[: len(data)]):
-                raise ProbeFailure(
-                    Reason.PROTOCOL_MISMATCH,
-                    f"the server does not speak HTTP: {printable(data, 60)!r}",
-                )
-            continue
-        head, data = data[: end.start()], data[end.end() :]
-        status, phrase, headers = _parse_head(head)
-        # 1xx are interim answers (100 Continue, 103 Early Hints); the final one follows.
-        if 100 <= status < 200 and status != 101:
-            interim += end.end()
-            continue
-        return status, phrase, headers, data
+        try:
+            event = http.next_event()
+        except h11.RemoteProtocolError as exc:
+            if exc.error_status_hint == 431:
+                message = f"the response headers are longer than {MAX_HEAD_BYTES} bytes"
+            else:  # h11 says e.g. "illegal status line: bytearray(b'HTTP/1.1 2xx')"
+                message = _BYTEARRAY.sub(r"\1", str(exc)).replace("illegal ", "malformed ", 1)
+            raise ProbeFailure(Reason.PROTOCOL_ERROR, message[:300]) from None
+        if event is not h11.NEED_DATA:
+            return event
+        data = await conn.recv(READ_BYTES)
+        if conn.attempt.bytes_read == len(data) and not data.startswith(b"HTTP/"[: len(data)]):
+            raise ProbeFailure(
+                Reason.PROTOCOL_MISMATCH,
+                f"the server does not speak HTTP: {printable(data, 60)!r}",
+            )
+        http.receive_data(data)
 
 
-def _parse_head(head: bytes) -> tuple[int, str, dict[str, str]]:
-    lines = head.decode("latin-1").splitlines()
-    parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not (parts[1].isdigit() and len(parts[1]) == 3):
-        raise ProbeFailure(Reason.PROTOCOL_ERROR, f"malformed status line {lines[0][:100]!r}")
-    status = int(parts[1])
-    phrase = parts[2].strip() if len(parts) == 3 else ""
+async def read_head(conn: Conn, http: h11.Connection) -> tuple[int, str, dict[str, str]]:
+    """Read up to the end of the final response's headers (1xx interim answers, such as 100
+    Continue or 103 Early Hints, are passed over). Returns the status code, the reason
+    phrase and the headers (lower-case names, last one wins)."""
+    while True:
+        event = await _next_event(conn, http)
+        if isinstance(event, h11.Response):
+            break
+    phrase = event.reason.decode("latin-1").strip()
     if not phrase:
         try:
-            phrase = HTTPStatus(status).phrase
+            phrase = HTTPStatus(event.status_code).phrase
         except ValueError:
             phrase = ""
-    headers = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip().lower()] = value.strip()
-    return status, phrase, headers
+    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers}
+    return event.status_code, phrase, headers
 
 
-async def _body_prefix(conn: Conn, headers: dict[str, str], body: bytes) -> str:
-    """A short text body (a JSON error, a plain-text reason) for a failure's message. Reads
-    on only while Content-Length says more is coming, and never past BODY_PREFIX_BYTES."""
+async def _body_prefix(conn: Conn, http: h11.Connection, headers: dict[str, str]) -> str:
+    """A short text body (a JSON error, a plain-text reason) for a failure's message, chunked
+    or not. Read only for a short grace and never past BODY_PREFIX_BYTES: the verdict is
+    already known, and a server that announces a body it never sends must not turn it into
+    a timeout."""
     kind = headers.get("content-type", "").lower()
     if not ("json" in kind or kind.startswith("text/plain")):
         return ""  # an HTML error page says no more than the status line
-    if "chunked" in headers.get("transfer-encoding", "").lower():
-        return ""  # chunk framing would need parsing for a message's worth of text
-    length = headers.get("content-length", "")
-    want = min(int(length), BODY_PREFIX_BYTES) if length.isdigit() else len(body)
-    if len(body) < want:
-        # Only a short grace: the verdict is already known, and a server that announces a
-        # body it never sends must not turn it into a timeout.
-        with contextlib.suppress(TimeoutError, ProbeFailure):
-            body += await asyncio.wait_for(conn.recv_exactly(want - len(body)), BODY_GRACE)
-    body = body[:want]
+    body = b""
+
+    async def read() -> None:
+        nonlocal body
+        while len(body) < BODY_PREFIX_BYTES:
+            event = await _next_event(conn, http)
+            if not isinstance(event, h11.Data):
+                return
+            body += event.data
+
+    with contextlib.suppress(TimeoutError, ProbeFailure):
+        await asyncio.wait_for(read(), BODY_GRACE)
     text = " ".join(body[:BODY_PREFIX_BYTES].decode("utf-8", "replace").split())
     return text[:200]
 
@@ -171,10 +170,11 @@ async def probe(attempt: Attempt) -> None:
     auth = attempt.target.params.get("auth", "basic")
     conn = await establish(attempt, alpn=("http/1.1",))
     with attempt.phase("login"):
-        request, shown = build_request(attempt)
+        http = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
+        request, shown = build_request(attempt, http)
         await conn.send(request, shown=shown)
         try:
-            status, phrase, headers, body = await read_head(conn)
+            status, phrase, headers = await read_head(conn, http)
         except ProbeFailure as failure:
             if failure.reason is Reason.PROTOCOL_ERROR and not attempt.bytes_read:
                 # Closed without a byte: an HTTP server always answers something, even 400.
@@ -187,5 +187,5 @@ async def probe(attempt: Attempt) -> None:
         reason, message = judge(status, phrase, headers, auth)
         attempt.note("*", message)
         if reason is not Reason.OK:
-            detail = await _body_prefix(conn, headers, body)
+            detail = await _body_prefix(conn, http, headers)
             raise ProbeFailure(reason, f"{message}: {detail}" if detail else message)
