@@ -1,5 +1,5 @@
 """What the benchmarks share: one core for the prober and the other for the servers, CPU
-clocks, medians, and the servers themselves (the test ground, a bare accept loop,
+clocks, medians, and the servers themselves (the test servers, a bare accept loop,
 blackbox_exporter)."""
 
 from __future__ import annotations
@@ -147,14 +147,14 @@ class Server:
             self.proc.wait()
 
 
-class Ground(Server):
-    """The test ground (prosody, mosquitto, nginx, unbound) on the servers' core."""
+class Servers(Server):
+    """The test servers (prosody, mosquitto, nginx, unbound) on the servers' core."""
 
     def __init__(self) -> None:
-        super().__init__([python(), "-m", "devstack.ground"])
+        super().__init__([python(), "-m", "devstack.servers"])
         self.info: dict[str, Any] = {}
 
-    def __enter__(self) -> Ground:
+    def __enter__(self) -> Servers:
         super().__enter__()
         self.info = json.loads(self.first_line)
         return self
@@ -175,7 +175,7 @@ class Acceptor(Server):
 
 class Blackbox:
     """prometheus-blackbox-exporter on the prober's core, with a tcp_connect and a
-    tls_connect module (the ground's CA trusted, as our probes trust it)."""
+    tls_connect module (the servers' CA trusted, as our probes trust it)."""
 
     BINARY = "prometheus-blackbox-exporter"
 

@@ -31,8 +31,8 @@ from bench.common import load_note, machine
 from devstack.prometheus import parse_render
 from loginprobe.collector.exporters.log import EventLog
 from loginprobe.collector.exporters.otel import TraceExporter
-from loginprobe.collector.exporters.prometheus import ResultMetrics, StatsCollector
-from loginprobe.collector.ingest import Accepted, Ingest, Sink, Stats
+from loginprobe.collector.exporters.prometheus import FleetCollector, ResultMetrics
+from loginprobe.collector.ingest import Accepted, FleetState, Ingest, Sink
 from loginprobe.wire import collector_pb2 as pb
 
 REGIONS = [f"region-{i}" for i in range(10)]
@@ -47,19 +47,19 @@ def _rss_kib() -> int:
     return 0
 
 
-def _fleet(agents: int, checks: int) -> tuple[Stats, ResultMetrics, int]:
+def _fleet(agents: int, checks: int) -> tuple[FleetState, ResultMetrics, int]:
     """Every agent sends one result per check: the series count of a fleet in steady state
     (more results only raise counters). Agents are spread over 10 regions x 4 carriers x
     2 network types, so histograms (no agent label) have 80 label combinations per check."""
     template = pb.ProbeResult.FromString(b"\x08\x01" + _template())
-    stats = Stats()
-    metrics = ResultMetrics(stats, max_label_values=10_000)
-    ingest = Ingest(stats, [metrics])
+    fleet = FleetState()
+    metrics = ResultMetrics(fleet, max_label_values=10_000)
+    ingest = Ingest(fleet, [metrics])
     for a in range(agents):
         agent = f"agent-{a:04d}"
         labels = {"region": REGIONS[a % 10], "carrier": CARRIERS[a // 10 % 4],
                   "network_type": NETWORK_TYPES[a // 40 % 2]}
-        stats.labels[agent] = stats.connected[agent] = labels
+        fleet.labels[agent] = fleet.connected[agent] = labels
         batch = []
         for c in range(checks):
             msg = pb.ProbeResult()
@@ -71,7 +71,7 @@ def _fleet(agents: int, checks: int) -> tuple[Stats, ResultMetrics, int]:
             msg.trace_id = os.urandom(16)
             batch.append(msg)
         ingest.batch(agent, {}, batch)
-    return stats, metrics, sum(len(m.samples) for m in parse_render(metrics.render))
+    return fleet, metrics, sum(len(m.samples) for m in parse_render(metrics.render))
 
 
 def _median_seconds(fn: Any, runs: int) -> float:
@@ -102,11 +102,11 @@ class _Null:
 def render(args: argparse.Namespace) -> None:
     gc.collect()
     before = _rss_kib()
-    stats, metrics, samples = _fleet(args.agents, args.checks)
+    fleet, metrics, samples = _fleet(args.agents, args.checks)
     gc.collect()
     grown = _rss_kib() - before
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StatsCollector(stats))
+    registry.register(FleetCollector(fleet))
 
     def text() -> bytes:  # what serve_metrics answers, without the HTTP
         return generate_latest(registry) + metrics.render(False)
@@ -134,7 +134,7 @@ def render(args: argparse.Namespace) -> None:
         msg.CopyFrom(template)
         msg.seq, msg.trace_id = i + 1, os.urandom(16)
         results.append(msg)
-    s = Stats()
+    s = FleetState()
     print(f"per result: metrics        {_per_result_us(ResultMetrics(s), results):10.1f} µs")
     traces = TraceExporter(s, _Null(), 0.1)  # type: ignore[arg-type]
     print(f"per result: traces enqueue {_per_result_us(traces, results):10.1f} µs   "

@@ -22,7 +22,7 @@ from typing import Any
 from bench.common import (
     PROBE_CPU,
     Acceptor,
-    Ground,
+    Servers,
     load_note,
     machine,
     median,
@@ -87,8 +87,8 @@ def main() -> None:
         return
 
     print(f"# memory: {machine()}; median of {args.runs} runs; {load_note()}")
-    with Ground() as ground, Acceptor() as acceptor:
-        g = ground.info
+    with Servers() as servers, Acceptor() as acceptor:
+        g = servers.info
         urls = {
             "tcp": f"tcp://127.0.0.1:{acceptor.port}",
             "tls": f"tls://127.0.0.1:{g['mqtts_port']}",

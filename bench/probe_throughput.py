@@ -32,7 +32,7 @@ from bench.common import (
     SERVER_CPU,
     Acceptor,
     Blackbox,
-    Ground,
+    Servers,
     cpu_seconds,
     load_note,
     machine,
@@ -262,28 +262,28 @@ def uvloop_installed() -> bool:
 def spec_for(
     scenario: Scenario, loop: str, env: dict[str, Any], args: argparse.Namespace
 ) -> dict[str, Any]:
-    ground, tcp_port, bb = env["ground"], env["tcp_port"], env.get("blackbox")
+    servers, tcp_port, bb = env["servers"], env["tcp_port"], env.get("blackbox")
     attempts = max(1, int(scenario.attempts * args.scale))
     spec: dict[str, Any] = {
         "kind": scenario.prober,
         "loop": loop,
         "attempts": attempts,
         "concurrency": args.concurrency,
-        "password": ground["password"],
-        "ca_file": ground["ca_file"],
+        "password": servers["password"],
+        "ca_file": servers["ca_file"],
     }
     urls = {
         "tcp": f"tcp://127.0.0.1:{tcp_port}",
-        "tls": f"tls://127.0.0.1:{ground['https_port']}",
-        "mqtts": f"mqtts://{ground['user']}@127.0.0.1:{ground['mqtts_port']}",
-        "xmpp": f"xmpp://{ground['user']}@xmpp.test:{ground['xmpp_port']}?host=127.0.0.1",
+        "tls": f"tls://127.0.0.1:{servers['https_port']}",
+        "mqtts": f"mqtts://{servers['user']}@127.0.0.1:{servers['mqtts_port']}",
+        "xmpp": f"xmpp://{servers['user']}@xmpp.test:{servers['xmpp_port']}?host=127.0.0.1",
     }
     if scenario.name in urls:
         spec["url"] = urls[scenario.name]
     if scenario.name.endswith("tcp"):
         spec.update(port=tcp_port, tls=False, module="tcp_connect")
     if scenario.name.endswith("tls"):
-        spec.update(port=ground["https_port"], tls=True, module="tls_connect")
+        spec.update(port=servers["https_port"], tls=True, module="tls_connect")
     if bb is not None:
         spec.update(bb_port=bb.port, bb_pid=bb.proc.pid)
     return spec
@@ -343,9 +343,9 @@ def main() -> None:
     )
     for s in chosen:
         print(f"#   {s.name:8} {s.what}; {int(s.attempts * args.scale)} attempts per run")
-    with Ground() as ground, Acceptor() as acceptor:
+    with Servers() as servers, Acceptor() as acceptor:
         env: dict[str, Any] = {
-            "ground": ground.info,
+            "servers": servers.info,
             "tcp_port": acceptor.port,
             "uvloop": uvloop_installed(),
         }
@@ -361,7 +361,7 @@ def main() -> None:
         with contextlib.ExitStack() as stack:
             if any(s.prober == "blackbox" for s, _ in cases):
                 # Started once: idle between its runs, it costs the other cases nothing.
-                env["blackbox"] = stack.enter_context(Blackbox(ground.info["ca_file"]))
+                env["blackbox"] = stack.enter_context(Blackbox(servers.info["ca_file"]))
             rates: dict[tuple[str, str], list[float]] = {}
             walls: dict[tuple[str, str], list[float]] = {}
             # Round-robin over the cases, one run each per round: other work on the

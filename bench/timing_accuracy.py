@@ -37,7 +37,7 @@ from bench.common import (
     SERVER_CPU,
     Acceptor,
     Blackbox,
-    Ground,
+    Servers,
     load_note,
     machine,
     median,
@@ -337,10 +337,10 @@ def main() -> None:
     )
     # Each capture is read on its own, so blackbox's addresses only need to be distinct
     # within one row of one run.
-    with Ground() as ground, Acceptor(addresses=args.attempts if bb else 0) as acceptor:
+    with Servers() as servers, Acceptor(addresses=args.attempts if bb else 0) as acceptor:
         pin(PROBE_CPU)  # after starting the servers, which were pinned to the other core
-        ca_file = ground.info["ca_file"]
-        https = ground.info["https_port"]
+        ca_file = servers.info["ca_file"]
+        https = servers.info["https_port"]
         tcp_url = f"tcp://127.0.0.1:{acceptor.port}"
         tls_url = f"tls://127.0.0.1:{https}"
         rows: dict[str, list[list[tuple[float, float]]]] = {}

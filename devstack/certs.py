@@ -1,4 +1,4 @@
-"""The test PKI: a CA that issues server and client certificates (EC keys), and the ground's
+"""The test PKI: a CA that issues server and client certificates (EC keys), and the servers'
 set of one valid server certificate and three broken ones."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 CA_NAME = "loginprobe Test CA"
 LOOPBACK = "127.0.0.1"
-# Every name a probe may ask for on the ground; "localhost" and 127.0.0.1 let a test
+# Every name a probe may ask for on the servers; "localhost" and 127.0.0.1 let a test
 # connect by address and still verify.
 SERVER_NAMES = ("xmpp.test", "mqtt.test", "http.test", "localhost")
 SERVER_IPS = (LOOPBACK,)
@@ -36,7 +36,7 @@ class CertPair:
 
 @dataclass(frozen=True)
 class TestPKI:
-    """The ground's certificates: where each PEM file was written."""
+    """The servers' certificates: where each PEM file was written."""
 
     __test__ = False  # not a test class, whatever its name says to pytest
 
@@ -53,7 +53,7 @@ def _name(common_name: str) -> x509.Name:
 
 def _new_key() -> ec.EllipticCurvePrivateKey:
     # EC keys are generated in microseconds where RSA takes ~100 ms each; every TLS
-    # stack on the ground (OpenSSL via nginx, mosquitto, LuaSec, grpc) handles P-256.
+    # stack on the servers (OpenSSL via nginx, mosquitto, LuaSec, grpc) handles P-256.
     return ec.generate_private_key(ec.SECP256R1())
 
 
@@ -162,7 +162,7 @@ class PKI:
 
 
 def make_pki(directory: Path) -> TestPKI:
-    """The ground's CA and its four server certificates, written into `directory`."""
+    """The servers' CA and its four server certificates, written into `directory`."""
     pki = PKI(directory)
     now = dt.datetime.now(dt.UTC)
     served = functools.partial(pki.issue, SERVER_NAMES[0], dns=SERVER_NAMES, ips=SERVER_IPS,

@@ -1,4 +1,4 @@
-"""The whole local stack on one machine: real XMPP/MQTT/HTTPS/DNS servers (the ground), a
+"""The whole local stack on one machine: real XMPP/MQTT/HTTPS/DNS servers (the servers), a
 `loginprobe check` walkthrough against them, then a collector (TLS, bearer tokens), three
 agents on two network paths whose checks the collector assigns, and a real Prometheus
 scraping it with grafana/rules loaded; runs until Ctrl-C and stops everything by PID.
@@ -21,8 +21,8 @@ from pathlib import Path
 
 from devstack.certs import PKI
 from devstack.fleet import ROOT, Agent, Collector, collector_config, new_token, wait_for
-from devstack.ground import Ground
 from devstack.prometheus import prometheus, query
+from devstack.servers import Servers
 
 RULES = ROOT / "grafana" / "rules" / "loginprobe.rules.yml"
 # Agents only read it from their environment; the demo never prints it.
@@ -37,7 +37,7 @@ AGENTS = {
 INTERVAL = "10s"  # 30 attempts per agent in 5m: enough for the alert's 10, light on 2 cores
 
 
-def walkthrough(g: Ground, loginprobe: str) -> None:
+def walkthrough(g: Servers, loginprobe: str) -> None:
     """`loginprobe check` against each server: good logins, then the classic failures."""
     common = ["--resolver", g.resolver, "--ca-file", str(g.ca_file)]
     env = {**os.environ, PASSWORD_ENV: g.password, "WRONG_PW": "not-the-password"}
@@ -66,7 +66,7 @@ def connected(agent: Agent) -> bool:
         return False
 
 
-def toggle_password_on_enter(g: Ground, prom: str) -> None:
+def toggle_password_on_enter(g: Servers, prom: str) -> None:
     """Until Ctrl-C: on a terminal, Enter changes alice's password on every server (the
     agents keep the old one, so their logins fail) and Enter again restores it."""
     if not sys.stdin.isatty():
@@ -92,28 +92,28 @@ def toggle_password_on_enter(g: Ground, prom: str) -> None:
                   "failures leave its 5m window", flush=True)
 
 
-def stack(g: Ground, loginprobe: str) -> None:
+def stack(g: Servers, loginprobe: str) -> None:
     """Collector, agents and Prometheus until Ctrl-C (or SIGTERM)."""
-    folder = g.tmpdir / "stack"  # removed with the ground's folder on exit
+    folder = g.tmpdir / "stack"  # removed with the servers' folder on exit
     os.environ[PASSWORD_ENV] = g.password  # inherited by the agents, nowhere written
     pki = PKI(folder / "pki", ca_name="loginprobe Demo CA")
     tokens = {name: new_token() for name in AGENTS}
-    ground = {"password_ref": "ground", "ca_file": str(g.ca_file), "resolver": g.resolver,
+    servers = {"password_ref": "servers", "ca_file": str(g.ca_file), "resolver": g.resolver,
               "interval": INTERVAL, "timeout": "5s", "selector": {"region": "eu-west"}}
     settings = collector_config(
         folder / "collector", pki=pki,
         agents=[{"id": name, "token_sha256": tokens[name][1], "labels": labels}
                 for name, labels in AGENTS.items()],
         checks=[
-            {"name": "xmpp-alice", "url": "xmpp://alice@xmpp.test", **ground},
-            {"name": "mqtts-alice", "url": f"mqtts://alice@mqtt.test:{g.mqtts_port}", **ground},
+            {"name": "xmpp-alice", "url": "xmpp://alice@xmpp.test", **servers},
+            {"name": "mqtts-alice", "url": f"mqtts://alice@mqtt.test:{g.mqtts_port}", **servers},
             {"name": "https-alice",
-             "url": f"https://alice@http.test:{g.https_port}/api/login?auth=json", **ground},
+             "url": f"https://alice@http.test:{g.https_port}/api/login?auth=json", **servers},
         ],
     )
     collector = Collector(folder / "collector", settings, pki)
     agents = [Agent(folder / name, collector, token=tokens[name][0], labels=labels,
-                    passwords={"ground": {"env": PASSWORD_ENV}})
+                    passwords={"servers": {"env": PASSWORD_ENV}})
               for name, labels in AGENTS.items()]
     try:
         print("\n== The stack: collector, agents, Prometheus", flush=True)
@@ -185,7 +185,7 @@ def main() -> int:
         signal.signal(sig, signal.default_int_handler)
     loginprobe = str(Path(sys.executable).with_name("loginprobe"))
     try:
-        with Ground() as g:
+        with Servers() as g:
             walkthrough(g, loginprobe)
             if args.checks_only:
                 print(f"\nThe servers' configs and logs are in {g.tmpdir} until this exits.")

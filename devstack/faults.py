@@ -3,7 +3,7 @@
 Every fault gets its own base chain in the table `inet loginprobe_test`, on the input
 hook for packets arriving on `lo`: dropping there (rather than on output) looks to the
 client like a lost packet instead of a local EPERM. Only SYNs are matched, so connections
-that already exist (the ground's own, another test's) are not disturbed. `inet` covers
+that already exist (the servers' own, another test's) are not disturbed. `inet` covers
 127.0.0.1 and ::1 alike. Needs root (the tests run as root).
 """
 

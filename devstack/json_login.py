@@ -1,7 +1,7 @@
 """The JSON login backend behind nginx's /api/login: 200 for the right user and password, else 401.
 
 nginx cannot inspect a JSON body, so this stdlib server does that one job. It reads the
-expected credentials from a file on every request so the ground can change the password
+expected credentials from a file on every request so the servers can change the password
 while it runs.
 
 Run as: python json_login.py PORT USERS_FILE (the file holds {"user": "password", …}).
@@ -22,7 +22,7 @@ class _Handler(BaseHTTPRequestHandler):
     users_file: Path
 
     def do_GET(self) -> None:
-        # /ready lets the ground check that the backend is up; a login must be a POST.
+        # /ready lets the servers check that the backend is up; a login must be a POST.
         if self.path == "/ready":
             self._answer(200, {"status": "ready"})
         else:
@@ -56,7 +56,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def log_message(self, format: str, *args: Any) -> None:
-        # One line per request into the ground's log file; never the body (it holds a password).
+        # One line per request into the servers' log file; never the body (it holds a password).
         sys.stderr.write(f"{self.address_string()} {format % args}\n")
 
 

@@ -20,7 +20,7 @@ import dns.message
 import dns.query
 
 from devstack.certs import PKI
-from devstack.ground import PASSWORD, USER, mqtt_connack
+from devstack.servers import PASSWORD, USER, mqtt_connack
 
 NET = ipaddress.ip_network("198.51.100.0/24")
 SLOTS = 24  # /29s at .0-.191; their service addresses are .192-.215
@@ -229,7 +229,7 @@ class TwoLinks:
         self._logs = folder
         self.pki = PKI(folder / "pki", "loginprobe netns test CA")
         # As many bytes as a public server's chain (leaf and intermediate, 3-5 kB), where
-        # the Ground's certificate is 0.5 kB: TLS is the phase that moves the most bytes,
+        # the Servers's certificate is 0.5 kB: TLS is the phase that moves the most bytes,
         # and on a slow link its certificate flight is what takes time.
         aliases = tuple(f"alias-{i:03}.mqtt.test" for i in range(CERT_ALIASES))
         cert = self.pki.issue("mqtt.test", dns=("mqtt.test", *aliases), server=True)
@@ -238,7 +238,7 @@ class TwoLinks:
         passwd = folder / "mosquitto.passwd"
         passwd.touch(mode=0o600)
         run("mosquitto_passwd", "-b", str(passwd), USER, PASSWORD)
-        # Settings and their reasons as in the Ground (devstack/ground.py).
+        # Settings and their reasons as in the Servers (devstack/servers.py).
         (folder / "mosquitto.conf").write_text(
             f"user root\npersistence false\nallow_anonymous false\n"
             f"per_listener_settings false\npassword_file {passwd}\nset_tcp_nodelay true\n"
@@ -285,7 +285,7 @@ class TwoLinks:
             f"    access-control-view: {link.subnet} {link.name}\n"
             for link in (self.wifi, self.cellular)
         )
-        # As the Ground's unbound (devstack/ground.py), on the service address; each
+        # As the Servers's unbound (devstack/servers.py), on the service address; each
         # link's clients get their own view of mqtt.test.
         return f"""\
 server:
@@ -307,7 +307,7 @@ server:
 
     def _spawn(self, name: str, *argv: str) -> None:
         with (self._logs / f"{name}.log").open("ab") as out:
-            # pdeathsig, as in the Ground: a server never outlives a killed test run.
+            # pdeathsig, as in the Servers: a server never outlives a killed test run.
             self._procs[name] = subprocess.Popen(
                 [_which("setpriv"), "--pdeathsig", "KILL", "--", _which("ip"), "netns", "exec",
                  self.ns, _which(argv[0]), *argv[1:]],

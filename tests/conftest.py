@@ -6,11 +6,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from devstack.ground import Ground
+from devstack.servers import Servers
 
 
 @pytest.fixture(scope="session")
-def ground() -> Iterator[Ground]:
+def servers() -> Iterator[Servers]:
     """Real unbound, prosody, mosquitto and nginx on loopback, for the whole test session."""
-    with Ground() as g:
+    with Servers() as g:
         yield g

@@ -1,4 +1,4 @@
-"""What the probe tests share: options that trust the ground, a check that also proves the
+"""What the probe tests share: options that trust the servers, a check that also proves the
 password never leaks, and small views of a Result."""
 
 from __future__ import annotations
@@ -9,19 +9,19 @@ import json
 import socket
 from typing import Any
 
-from devstack.ground import Ground
+from devstack.servers import Servers
 from loginprobe.probes.attempt import ProbeOptions
 from loginprobe.probes.run import run_check
 from loginprobe.result import Result
 from loginprobe.target import parse_target
 
 
-def options(ground: Ground, **overrides: Any) -> ProbeOptions:
-    """Trust the ground's CA and ask its resolver; overrides as in dataclasses.replace."""
+def options(servers: Servers, **overrides: Any) -> ProbeOptions:
+    """Trust the servers' CA and ask its resolver; overrides as in dataclasses.replace."""
     base = ProbeOptions(
-        password=ground.password,
-        ca_file=str(ground.ca_file),
-        resolver=("127.0.0.1", ground.dns_port),
+        password=servers.password,
+        ca_file=str(servers.ca_file),
+        resolver=("127.0.0.1", servers.dns_port),
         timeout=5.0,
     )
     return dataclasses.replace(base, **overrides)

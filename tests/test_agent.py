@@ -179,7 +179,7 @@ def test_a_wrong_or_revoked_credential_ends_the_agent_with_one_sentence(
 
 @pytest.fixture
 def login_server(tmp_path: Path) -> Iterator[tuple[int, str]]:
-    """The ground's JSON login backend as its own process: 200 for alice and her password."""
+    """The servers' JSON login backend as its own process: 200 for alice and her password."""
     password = "Agent-Side-S3cret-" + os.urandom(6).hex()
     users = tmp_path / "users.json"
     users.write_text(json.dumps({"alice": password}), encoding="utf-8")

@@ -17,7 +17,7 @@ from loginprobe.collector.assign import assigned, changes
 from loginprobe.collector.auth import AuthError, Credential, credential, identify
 from loginprobe.collector.config import Agent, Check
 from loginprobe.collector.exporters.results_log import ResultsLog
-from loginprobe.collector.ingest import Accepted, Ingest, Refused, Stats
+from loginprobe.collector.ingest import Accepted, FleetState, Ingest, Refused
 from loginprobe.collector.server import Bucket, check_to_wire
 from loginprobe.contract import Reason
 from loginprobe.result import Phase, Result
@@ -139,9 +139,9 @@ class Collect:
 
 
 def test_batches_dedupe_refuse_and_ack(tmp_path: Path) -> None:
-    stats = Stats()
+    fleet = FleetState()
     seen: list[int] = []
-    ingest = Ingest(stats, [Collect(lambda b: seen.extend(r.seq for r in b.reports()))])
+    ingest = Ingest(fleet, [Collect(lambda b: seen.extend(r.seq for r in b.reports()))])
     assert ingest.hello("a", 0) == 0
     assert ingest.batch("a", {}, [result(1), result(2), result(3)]) == 3
     assert ingest.batch("a", {}, [result(2), result(3), result(4)]) == 4  # a replay overlaps
@@ -150,7 +150,7 @@ def test_batches_dedupe_refuse_and_ack(tmp_path: Path) -> None:
     bad.reason = "nope"
     assert ingest.batch("a", {}, [bad, result(7)]) == 7  # a gap (spool dropped 6) is fine
     assert seen == [1, 2, 3, 4, 7]
-    assert (stats.received["a"], stats.duplicates["a"], stats.rejected["invalid_result"]) == (
+    assert (fleet.received["a"], fleet.duplicates["a"], fleet.rejected["invalid_result"]) == (
         5, 2, 1)
     # Backwards within one batch: refused whole, nothing changes.
     with pytest.raises(Refused) as err:
@@ -163,12 +163,12 @@ def test_batches_dedupe_refuse_and_ack(tmp_path: Path) -> None:
     # What an agent says was acked raises the mark of a collector that forgot it.
     assert ingest.hello("b", 40) == 40
     assert ingest.batch("b", {}, [result(40), result(41)]) == 41
-    assert stats.duplicates["b"] == 1
+    assert fleet.duplicates["b"] == 1
 
 
 def test_reports_carry_the_credentials_agent_and_fixed_labels() -> None:
     reports = []
-    ingest = Ingest(Stats(), [Collect(lambda b: reports.extend(b.reports()))])
+    ingest = Ingest(FleetState(), [Collect(lambda b: reports.extend(b.reports()))])
     ingest.batch("a1", {"region": "eu-west"}, [result(1)])
     assert reports[0].agent == "a1" and reports[0].labels == {"region": "eu-west"}
 
@@ -176,7 +176,7 @@ def test_reports_carry_the_credentials_agent_and_fixed_labels() -> None:
 def test_results_log_recovers_marks_and_drops_a_torn_line(tmp_path: Path) -> None:
     path = tmp_path / "results.jsonl"
     log = ResultsLog(path)
-    ingest = Ingest(Stats(), [log])
+    ingest = Ingest(FleetState(), [log])
     ingest.batch('a "quoted"', {}, [result(1), result(2)])
     ingest.batch("b", {}, [result(7)])
     log.close()
@@ -184,7 +184,7 @@ def test_results_log_recovers_marks_and_drops_a_torn_line(tmp_path: Path) -> Non
         f.write('{"agent": "b", "seq": 8, "che')  # a kill in the middle of a write
     again = ResultsLog(path)
     assert again.high_water == {'a "quoted"': 2, "b": 7}
-    Ingest(Stats(), [again], dict(again.high_water)).batch("b", {}, [result(7), result(8)])
+    Ingest(FleetState(), [again], dict(again.high_water)).batch("b", {}, [result(7), result(8)])
     again.close()
     lines = path.read_text().splitlines()
     assert len(lines) == 4 and lines[-1].startswith('{"agent": "b", "seq": 8, "check": "c"')

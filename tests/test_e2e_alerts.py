@@ -1,4 +1,4 @@
-"""End to end with real processes: two agents probe a real MQTT login on the ground, stream to
+"""End to end with real processes: two agents probe a real MQTT login on the servers, stream to
 a real collector (TLS, bearer tokens), a real Prometheus scrapes it every second with
 grafana/rules/loginprobe.rules.yml loaded as is. The account's password is changed on the
 broker; LoginFailureRateHigh must reach `firing` naming auth_rejected / account, and resolve
@@ -25,14 +25,14 @@ import pytest
 
 from devstack.certs import PKI
 from devstack.fleet import ROOT, Agent, Collector, collector_config, new_token, wait_for
-from devstack.ground import Ground
 from devstack.prometheus import alerts, prometheus, query
+from devstack.servers import Servers
 from tests.test_dashboards import Query, panel_queries, substitute, variable_queries
 
 RULES = ROOT / "grafana" / "rules" / "loginprobe.rules.yml"
 ALERT = "LoginFailureRateHigh"
 CHECK = "mqtt-e2e"
-USER = "probe-e2e"  # an account of its own, so the shared ground's alice is never broken
+USER = "probe-e2e"  # an account of its own, so the shared servers' alice is never broken
 # Both agents on the same path: the alert wants >= 2 agents agreeing.
 LABELS = {"region": "eu-west", "carrier": "carrier-a", "network_type": "wifi"}
 # Healthy data before the break. 90 s keeps the test near 7 minutes; the failures then
@@ -103,10 +103,10 @@ def dashboard_queries(url: str) -> tuple[list[str], list[str]]:
 
 @pytest.mark.timeout(570 + WARMUP)
 def test_a_broken_login_fires_the_failure_rate_alert_and_it_resolves(
-    ground: Ground, tmp_path: Path
+    servers: Servers, tmp_path: Path
 ) -> None:
     password = "E2e-" + secrets.token_hex(8)
-    ground.set_mqtt_password(USER, password)
+    servers.set_mqtt_password(USER, password)
     (tmp_path / "mqtt.password").write_text(password + "\n", encoding="utf-8")
     (tmp_path / "mqtt.password").chmod(0o600)
     pki = PKI(tmp_path / "pki")
@@ -116,9 +116,9 @@ def test_a_broken_login_fires_the_failure_rate_alert_and_it_resolves(
         agents=[{"id": name, "token_sha256": digest, "labels": LABELS}
                 for name, (_, digest) in tokens.items()],
         # 1 s: ~120 attempts per agent in 5m, far above the rule's 10.
-        checks=[{"name": CHECK, "url": f"mqtts://{USER}@mqtt.test:{ground.mqtts_port}",
+        checks=[{"name": CHECK, "url": f"mqtts://{USER}@mqtt.test:{servers.mqtts_port}",
                  "interval": "1s", "timeout": "1s", "password_ref": "mqtt",
-                 "ca_file": str(ground.ca_file), "resolver": ground.resolver}],
+                 "ca_file": str(servers.ca_file), "resolver": servers.resolver}],
     )
     collector = Collector(tmp_path / "c", settings, pki).start_healthy()
     agents = [Agent(tmp_path / name, collector, token=token, labels=LABELS,
@@ -137,11 +137,11 @@ def test_a_broken_login_fires_the_failure_rate_alert_and_it_resolves(
             assert alert_for_check(url, "firing") is None
 
             broken_at = time.monotonic()
-            ground.set_mqtt_password(USER, "changed-" + secrets.token_hex(8))
+            servers.set_mqtt_password(USER, "changed-" + secrets.token_hex(8))
             firing = poll(f"{ALERT} firing", lambda: alert_for_check(url, "firing"),
                           FIRE_TIMEOUT)
             to_fire = time.monotonic() - broken_at
-            ground.set_mqtt_password(USER, password)
+            servers.set_mqtt_password(USER, password)
             restored_at = time.monotonic()
             notes = firing["annotations"]
             assert (notes["reason"], notes["step"]) == ("auth_rejected", "account"), notes
@@ -165,7 +165,7 @@ def test_a_broken_login_fires_the_failure_rate_alert_and_it_resolves(
             wait_for("successes again", lambda: query(
                 url, f'loginprobe_success{{check="{CHECK}"}} == 1') != [], 10)
     finally:
-        ground.set_mqtt_password(USER, password)
+        servers.set_mqtt_password(USER, password)
         for proc in (*agents, collector):
             with contextlib.suppress(subprocess.TimeoutExpired):  # stop() killed it then
                 proc.stop()

@@ -29,8 +29,8 @@ from devstack.fleet import Collector, collector_config, free_port, new_token, wa
 from devstack.prometheus import parse_render, prometheus, query
 from loginprobe.codec import Report, to_wire
 from loginprobe.collector.exporters.otel import TraceExporter
-from loginprobe.collector.exporters.prometheus import OVERFLOW, ResultMetrics, StatsCollector
-from loginprobe.collector.ingest import Ingest, Stats
+from loginprobe.collector.exporters.prometheus import OVERFLOW, FleetCollector, ResultMetrics
+from loginprobe.collector.ingest import FleetState, Ingest
 from loginprobe.contract import Reason
 from loginprobe.result import Phase, Result, TLSInfo
 from loginprobe.wire import collector_pb2 as pb
@@ -242,9 +242,9 @@ async def _exports(tmp_path: Path, servicer: Receiver, address: str) -> None:
 
 
 def test_series_of_a_vanished_agent_are_removed_after_the_ttl() -> None:
-    stats = Stats()
-    metrics = ResultMetrics(stats, series_ttl=0.2)
-    ingest = Ingest(stats, [metrics])
+    fleet = FleetState()
+    metrics = ResultMetrics(fleet, series_ttl=0.2)
+    ingest = Ingest(fleet, [metrics])
     ingest.batch("gone", {}, [result(1, True, os.urandom(16))])
     time.sleep(0.3)
     ingest.batch("stays", {}, [result(1, True, os.urandom(16))])
@@ -252,8 +252,8 @@ def test_series_of_a_vanished_agent_are_removed_after_the_ttl() -> None:
     assert "stays" in agents and "gone" not in agents
     # The agent's own series (connected, last result, received) go once it is neither
     # connected nor sending for the TTL.
-    stats.connected["stays"] = {}
-    own = StatsCollector(stats, series_ttl=0.2)
+    fleet.connected["stays"] = {}
+    own = FleetCollector(fleet, series_ttl=0.2)
     assert {s.labels["agent"] for m in own.collect() for s in m.samples
             if "agent" in s.labels} == {"gone", "stays"}
     time.sleep(0.3)
@@ -262,14 +262,14 @@ def test_series_of_a_vanished_agent_are_removed_after_the_ttl() -> None:
 
 
 def test_the_cardinality_guard_caps_values_and_counts_the_rest() -> None:
-    stats = Stats()
-    metrics = ResultMetrics(stats, max_label_values=2)
+    fleet = FleetState()
+    metrics = ResultMetrics(fleet, max_label_values=2)
     results = []
     for i, check in enumerate(["c1", "c2", "c3", "c4", "c3"]):
         msg = result(i + 1, True, os.urandom(16))
         msg.check = check
         results.append(msg)
-    Ingest(stats, [metrics]).batch("a1", {}, results)
+    Ingest(fleet, [metrics]).batch("a1", {}, results)
     samples = [s for m in parse_render(metrics.render) for s in m.samples]
     checks = {s.labels["check"]: s.value for s in samples
               if s.name == "loginprobe_attempts_total"}
@@ -296,9 +296,9 @@ def test_successes_are_sampled_by_trace_id_and_failures_always_kept() -> None:
     kept = []
     for _ in range(2):
         memory = Memory()
-        exporter = TraceExporter(Stats(), memory, 0.25,  # type: ignore[arg-type]
+        exporter = TraceExporter(FleetState(), memory, 0.25,  # type: ignore[arg-type]
                                  max_sampled_per_second=1e9)
-        Ingest(Stats(), [exporter]).batch("a1", {}, [
+        Ingest(FleetState(), [exporter]).batch("a1", {}, [
             *(result(i + 1, True, t) for i, t in enumerate(ids)),
             *(result(1000 + i, False, t) for i, t in enumerate(ids[:50]))])
         exporter.close()
@@ -310,9 +310,9 @@ def test_successes_are_sampled_by_trace_id_and_failures_always_kept() -> None:
 
 
 def test_the_fast_render_says_what_the_collector_does() -> None:
-    stats = Stats()
-    metrics = ResultMetrics(stats)
-    Ingest(stats, [metrics]).batch("a1", {"region": 'odd "quoted"\\ value'}, [
+    fleet = FleetState()
+    metrics = ResultMetrics(fleet)
+    Ingest(fleet, [metrics]).batch("a1", {"region": 'odd "quoted"\\ value'}, [
         result(1, True, os.urandom(16)), result(2, False, os.urandom(16))])
 
     def samples(families: Any) -> set[tuple[str, tuple[tuple[str, str], ...], float]]:
@@ -333,10 +333,10 @@ def test_the_fast_render_says_what_the_collector_does() -> None:
 
 def test_sampled_successes_are_held_to_a_budget_failures_are_not() -> None:
     memory = Memory()
-    exporter = TraceExporter(Stats(), memory, 1.0,  # type: ignore[arg-type]
+    exporter = TraceExporter(FleetState(), memory, 1.0,  # type: ignore[arg-type]
                              max_sampled_per_second=10)
     failures = [os.urandom(16) for _ in range(30)]
-    Ingest(Stats(), [exporter]).batch("a1", {}, [
+    Ingest(FleetState(), [exporter]).batch("a1", {}, [
         *(result(i + 1, True, os.urandom(16)) for i in range(100)),
         *(result(200 + i, False, t) for i, t in enumerate(failures))])
     exporter.close()

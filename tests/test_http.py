@@ -9,7 +9,7 @@ import h11
 import pytest
 
 from devstack import fakes
-from devstack.ground import Ground
+from devstack.servers import Servers
 from loginprobe.probes.attempt import Attempt, ProbeOptions
 from loginprobe.probes.http import build_request
 from loginprobe.result import Result
@@ -26,28 +26,28 @@ def sent(result: Result) -> str:
 # -- logins against nginx ----------------------------------------------------------------
 
 
-async def test_http_basic_login_ok(ground: Ground) -> None:
-    result = await check(f"http://alice@127.0.0.1:{ground.http_port}/login", options(ground))
+async def test_http_basic_login_ok(servers: Servers) -> None:
+    result = await check(f"http://alice@127.0.0.1:{servers.http_port}/login", options(servers))
     assert (result.reason, result.reason.step) == ("ok", "none")
     assert phases(result) == [("tcp", True), ("login", True)]
     request = sent(result)
     # Control characters are shown escaped in the transcript (see Attempt.scrub).
     assert request.startswith("GET /login HTTP/1.1\\r\\n")
-    assert f"Host: 127.0.0.1:{ground.http_port}\\r\\n" in request
+    assert f"Host: 127.0.0.1:{servers.http_port}\\r\\n" in request
     assert "Authorization: Basic <redacted>\\r\\n" in request
     assert "User-Agent: loginprobe/" in request and "Connection: close" in request
 
 
-async def test_https_basic_login_ok_via_dns_name(ground: Ground) -> None:
-    result = await check(f"https://alice@http.test:{ground.https_port}/login", options(ground))
+async def test_https_basic_login_ok_via_dns_name(servers: Servers) -> None:
+    result = await check(f"https://alice@http.test:{servers.https_port}/login", options(servers))
     assert (result.reason, result.reason.step) == ("ok", "none")
     assert phases(result) == [("dns", True), ("tcp", True), ("tls", True), ("login", True)]
     assert result.tls is not None and result.tls.verified and result.tls.alpn == "http/1.1"
 
 
-async def test_https_json_login_ok(ground: Ground) -> None:
+async def test_https_json_login_ok(servers: Servers) -> None:
     result = await check(
-        f"https://alice@http.test:{ground.https_port}/api/login?auth=json", options(ground)
+        f"https://alice@http.test:{servers.https_port}/api/login?auth=json", options(servers)
     )
     assert (result.reason, result.reason.step) == ("ok", "none")
     request = sent(result)
@@ -56,59 +56,60 @@ async def test_https_json_login_ok(ground: Ground) -> None:
     assert request.endswith('{"username": "alice", "password": "<redacted>"}')
 
 
-async def test_basic_wrong_password_is_401(ground: Ground) -> None:
+async def test_basic_wrong_password_is_401(servers: Servers) -> None:
     result = await check(
-        f"https://alice@http.test:{ground.https_port}/login",
-        options(ground, password="wrong-one"),
+        f"https://alice@http.test:{servers.https_port}/login",
+        options(servers, password="wrong-one"),
     )
     assert (result.reason, result.reason.step) == ("auth_rejected", "account")
     assert result.message == "HTTP 401 Unauthorized"
     assert phases(result)[-1] == ("login", False)
 
 
-async def test_json_wrong_password_is_401_with_the_servers_words(ground: Ground) -> None:
+async def test_json_wrong_password_is_401_with_the_servers_words(servers: Servers) -> None:
     result = await check(
-        f"http://alice@127.0.0.1:{ground.http_port}/api/login?auth=json",
-        options(ground, password="wrong-one"),
+        f"http://alice@127.0.0.1:{servers.http_port}/api/login?auth=json",
+        options(servers, password="wrong-one"),
     )
     assert (result.reason, result.reason.step) == ("auth_rejected", "account")
     assert result.message.startswith("HTTP 401 Unauthorized")
 
 
 @pytest.mark.parametrize("path", ["/login", "/api/login?auth=json"])
-async def test_unknown_user(ground: Ground, path: str) -> None:
-    result = await check(f"http://nobody@127.0.0.1:{ground.http_port}{path}", options(ground))
+async def test_unknown_user(servers: Servers, path: str) -> None:
+    result = await check(f"http://nobody@127.0.0.1:{servers.http_port}{path}", options(servers))
     assert (result.reason, result.reason.step) == ("auth_rejected", "account")
 
 
-async def test_503_is_server_unavailable(ground: Ground) -> None:
-    result = await check(f"https://alice@http.test:{ground.https_port}/status503", options(ground))
+async def test_503_is_server_unavailable(servers: Servers) -> None:
+    url = f"https://alice@http.test:{servers.https_port}/status503"
+    result = await check(url, options(servers))
     assert (result.reason, result.reason.step) == ("server_unavailable", "server")
     assert result.message.startswith("HTTP 503")
 
 
-async def test_500_is_server_error(ground: Ground) -> None:
-    result = await check(f"http://alice@127.0.0.1:{ground.http_port}/status500", options(ground))
+async def test_500_is_server_error(servers: Servers) -> None:
+    result = await check(f"http://alice@127.0.0.1:{servers.http_port}/status500", options(servers))
     assert (result.reason, result.reason.step) == ("server_error", "server")
     assert result.message == "HTTP 500 Internal Server Error"
 
 
-async def test_404_names_the_path(ground: Ground) -> None:
-    result = await check(f"http://alice@127.0.0.1:{ground.http_port}/nowhere", options(ground))
+async def test_404_names_the_path(servers: Servers) -> None:
+    result = await check(f"http://alice@127.0.0.1:{servers.http_port}/nowhere", options(servers))
     assert (result.reason, result.reason.step) == ("protocol_error", "server")
     assert "login endpoint not found" in result.message
 
 
-async def test_json_login_with_get_is_405(ground: Ground) -> None:
+async def test_json_login_with_get_is_405(servers: Servers) -> None:
     # auth=basic (a GET) against the JSON endpoint, whose backend only takes a POST.
-    result = await check(f"http://alice@127.0.0.1:{ground.http_port}/api/login", options(ground))
+    result = await check(f"http://alice@127.0.0.1:{servers.http_port}/api/login", options(servers))
     assert (result.reason, result.reason.step) == ("protocol_error", "server")
     assert result.message.startswith("HTTP 405") and "?auth=basic|json" in result.message
 
 
-async def test_no_common_tls_version(ground: Ground) -> None:
+async def test_no_common_tls_version(servers: Servers) -> None:
     result = await check(
-        f"https://alice@http.test:{ground.https_tls11_port}/login", options(ground)
+        f"https://alice@http.test:{servers.https_tls11_port}/login", options(servers)
     )
     assert (result.reason, result.reason.step) == ("tls_version_mismatch", "config")
     assert phases(result)[-1] == ("tls", False)
@@ -117,26 +118,26 @@ async def test_no_common_tls_version(ground: Ground) -> None:
 # -- the right host, the wrong port ----------------------------------------------------
 
 
-async def test_https_against_the_mqtts_port(ground: Ground) -> None:
+async def test_https_against_the_mqtts_port(servers: Servers) -> None:
     # The TLS handshake succeeds (mosquitto's certificate is valid); mosquitto then reads
     # "G" as no MQTT packet and closes without a byte. An HTTP server always answers
     # something, so the message asks whether this port serves HTTP.
-    result = await check(f"https://alice@mqtt.test:{ground.mqtts_port}/login", options(ground))
+    result = await check(f"https://alice@mqtt.test:{servers.mqtts_port}/login", options(servers))
     assert (result.reason, result.reason.step) == ("protocol_error", "server")
     assert phases(result) == [("dns", True), ("tcp", True), ("tls", True), ("login", False)]
     assert "does this port serve HTTP" in result.message
 
 
-async def test_https_against_the_plain_http_port(ground: Ground) -> None:
+async def test_https_against_the_plain_http_port(servers: Servers) -> None:
     # nginx answers the ClientHello with a plain "400 Bad Request": OpenSSL's
     # WRONG_VERSION_NUMBER, which the tls phase calls a mismatch.
-    result = await check(f"https://alice@127.0.0.1:{ground.http_port}/login", options(ground))
+    result = await check(f"https://alice@127.0.0.1:{servers.http_port}/login", options(servers))
     assert (result.reason, result.reason.step) == ("protocol_mismatch", "config")
     assert phases(result)[-1] == ("tls", False)
 
 
-async def test_http_against_the_xmpp_port(ground: Ground) -> None:
-    result = await check(f"http://alice@127.0.0.1:{ground.xmpp_port}/", options(ground))
+async def test_http_against_the_xmpp_port(servers: Servers) -> None:
+    result = await check(f"http://alice@127.0.0.1:{servers.xmpp_port}/", options(servers))
     assert (result.reason, result.reason.step) == ("protocol_mismatch", "config")
     assert "does not speak HTTP" in result.message
 

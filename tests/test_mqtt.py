@@ -8,7 +8,7 @@ import time
 import pytest
 
 from devstack import fakes
-from devstack.ground import Ground
+from devstack.servers import Servers
 from loginprobe.probes.attempt import ProbeOptions
 from loginprobe.probes.mqtt import connect_packet, parse_properties
 from tests.probing import check, closed_port, options, phases
@@ -20,9 +20,9 @@ FAKE_PASSWORD = "fake-Pa55word-never-shown"
 
 
 @pytest.mark.parametrize("version", ["3.1.1", "5"])
-async def test_login_ok(ground: Ground, version: str) -> None:
+async def test_login_ok(servers: Servers, version: str) -> None:
     result = await check(
-        f"mqtt://alice@127.0.0.1:{ground.mqtt_port}?version={version}", options(ground)
+        f"mqtt://alice@127.0.0.1:{servers.mqtt_port}?version={version}", options(servers)
     )
     assert (result.reason, result.reason.step) == ("ok", "none")
     assert result.success
@@ -34,37 +34,37 @@ async def test_login_ok(ground: Ground, version: str) -> None:
 
 
 @pytest.mark.parametrize("version", ["3.1.1", "5"])
-async def test_mqtts_login_ok_via_dns_name(ground: Ground, version: str) -> None:
+async def test_mqtts_login_ok_via_dns_name(servers: Servers, version: str) -> None:
     result = await check(
-        f"mqtts://alice@mqtt.test:{ground.mqtts_port}?version={version}", options(ground)
+        f"mqtts://alice@mqtt.test:{servers.mqtts_port}?version={version}", options(servers)
     )
     assert (result.reason, result.reason.step) == ("ok", "none")
     assert phases(result) == [("dns", True), ("tcp", True), ("tls", True), ("login", True)]
-    assert result.dns is not None and result.dns.resolver == ground.resolver
+    assert result.dns is not None and result.dns.resolver == servers.resolver
     assert result.tls is not None and result.tls.verified and result.tls.verify_error is None
 
 
-async def test_explicit_client_id_is_sent(ground: Ground) -> None:
+async def test_explicit_client_id_is_sent(servers: Servers) -> None:
     result = await check(
-        f"mqtt://alice@127.0.0.1:{ground.mqtt_port}?client_id=probe-42", options(ground)
+        f"mqtt://alice@127.0.0.1:{servers.mqtt_port}?client_id=probe-42", options(servers)
     )
     assert (result.reason, result.reason.step) == ("ok", "none")
     assert "client_id='probe-42'" in result.transcript[1].text
 
 
-async def test_wrong_password_v311_is_rc_5(ground: Ground) -> None:
+async def test_wrong_password_v311_is_rc_5(servers: Servers) -> None:
     result = await check(
-        f"mqtt://alice@127.0.0.1:{ground.mqtt_port}", options(ground, password="wrong-one")
+        f"mqtt://alice@127.0.0.1:{servers.mqtt_port}", options(servers, password="wrong-one")
     )
     assert (result.reason, result.reason.step) == ("auth_rejected", "account")
     assert result.message == "CONNACK 0x05 Not authorized"
     assert phases(result) == [("tcp", True), ("login", False)]
 
 
-async def test_wrong_password_v5_is_0x87(ground: Ground) -> None:
+async def test_wrong_password_v5_is_0x87(servers: Servers) -> None:
     result = await check(
-        f"mqtts://alice@mqtt.test:{ground.mqtts_port}?version=5",
-        options(ground, password="wrong-one"),
+        f"mqtts://alice@mqtt.test:{servers.mqtts_port}?version=5",
+        options(servers, password="wrong-one"),
     )
     assert (result.reason, result.reason.step) == ("auth_rejected", "account")
     assert "0x87" in result.message
@@ -72,10 +72,10 @@ async def test_wrong_password_v5_is_0x87(ground: Ground) -> None:
 
 
 @pytest.mark.parametrize("version", ["3.1.1", "5"])
-async def test_unknown_user(ground: Ground, version: str) -> None:
+async def test_unknown_user(servers: Servers, version: str) -> None:
     # mosquitto does not tell an unknown user from a wrong password (PEERS.md).
     result = await check(
-        f"mqtt://nobody@127.0.0.1:{ground.mqtt_port}?version={version}", options(ground)
+        f"mqtt://nobody@127.0.0.1:{servers.mqtt_port}?version={version}", options(servers)
     )
     assert (result.reason, result.reason.step) == ("auth_rejected", "account")
 
@@ -83,30 +83,30 @@ async def test_unknown_user(ground: Ground, version: str) -> None:
 # -- certificates (mosquitto's special listeners) ------------------------------------
 
 
-async def test_self_signed_is_untrusted(ground: Ground) -> None:
+async def test_self_signed_is_untrusted(servers: Servers) -> None:
     result = await check(
-        f"mqtts://alice@mqtt.test:{ground.mqtts_selfsigned_port}", options(ground)
+        f"mqtts://alice@mqtt.test:{servers.mqtts_selfsigned_port}", options(servers)
     )
     assert (result.reason, result.reason.step) == ("tls_cert_untrusted", "config")
     assert phases(result)[-1] == ("tls", False)
 
 
-async def test_expired_certificate(ground: Ground) -> None:
-    result = await check(f"mqtts://alice@mqtt.test:{ground.mqtts_expired_port}", options(ground))
+async def test_expired_certificate(servers: Servers) -> None:
+    result = await check(f"mqtts://alice@mqtt.test:{servers.mqtts_expired_port}", options(servers))
     assert (result.reason, result.reason.step) == ("tls_cert_expired", "config")
     assert "expired" in result.message
 
 
-async def test_hostname_mismatch(ground: Ground) -> None:
+async def test_hostname_mismatch(servers: Servers) -> None:
     result = await check(
-        f"mqtts://alice@mqtt.test:{ground.mqtts_wronghost_port}", options(ground)
+        f"mqtts://alice@mqtt.test:{servers.mqtts_wronghost_port}", options(servers)
     )
     assert (result.reason, result.reason.step) == ("tls_hostname_mismatch", "config")
 
 
-async def test_insecure_logs_in_but_records_the_expired_certificate(ground: Ground) -> None:
+async def test_insecure_logs_in_but_records_the_expired_certificate(servers: Servers) -> None:
     result = await check(
-        f"mqtts://alice@mqtt.test:{ground.mqtts_expired_port}", options(ground, insecure=True)
+        f"mqtts://alice@mqtt.test:{servers.mqtts_expired_port}", options(servers, insecure=True)
     )
     assert (result.reason, result.reason.step) == ("ok", "none")
     assert result.tls is not None
@@ -118,28 +118,28 @@ async def test_insecure_logs_in_but_records_the_expired_certificate(ground: Grou
 # -- the right host, the wrong port ----------------------------------------------------
 
 
-async def test_mqtt_against_http_port_is_a_mismatch(ground: Ground) -> None:
-    result = await check(f"mqtt://alice@127.0.0.1:{ground.http_port}", options(ground))
+async def test_mqtt_against_http_port_is_a_mismatch(servers: Servers) -> None:
+    result = await check(f"mqtt://alice@127.0.0.1:{servers.http_port}", options(servers))
     assert (result.reason, result.reason.step) == ("protocol_mismatch", "config")
     assert "HTTP" in result.message
 
 
-async def test_mqtt_against_xmpp_port_is_a_mismatch(ground: Ground) -> None:
-    result = await check(f"mqtt://alice@127.0.0.1:{ground.xmpp_port}", options(ground))
+async def test_mqtt_against_xmpp_port_is_a_mismatch(servers: Servers) -> None:
+    result = await check(f"mqtt://alice@127.0.0.1:{servers.xmpp_port}", options(servers))
     assert (result.reason, result.reason.step) == ("protocol_mismatch", "config")
 
 
-async def test_mqtts_against_the_plain_port_is_reset(ground: Ground) -> None:
+async def test_mqtts_against_the_plain_port_is_reset(servers: Servers) -> None:
     # mosquitto reads the ClientHello's first byte (0x16) as an invalid MQTT packet type and
     # closes with the rest unread, so the kernel answers with a reset, not with bytes that
     # OpenSSL could call WRONG_VERSION_NUMBER.
-    result = await check(f"mqtts://alice@127.0.0.1:{ground.mqtt_port}", options(ground))
+    result = await check(f"mqtts://alice@127.0.0.1:{servers.mqtt_port}", options(servers))
     assert (result.reason, result.reason.step) == ("tcp_reset", "network")
     assert phases(result)[-1] == ("tls", False)
 
 
-async def test_plain_mqtt_against_the_tls_port_is_reset(ground: Ground) -> None:
-    result = await check(f"mqtt://alice@127.0.0.1:{ground.mqtts_port}", options(ground))
+async def test_plain_mqtt_against_the_tls_port_is_reset(servers: Servers) -> None:
+    result = await check(f"mqtt://alice@127.0.0.1:{servers.mqtts_port}", options(servers))
     assert (result.reason, result.reason.step) == ("tcp_reset", "network")
     assert phases(result)[-1] == ("login", False)
 
@@ -147,26 +147,26 @@ async def test_plain_mqtt_against_the_tls_port_is_reset(ground: Ground) -> None:
 # -- tcp:// and tls:// -----------------------------------------------------------------
 
 
-async def test_tls_target_ok_with_ca_file(ground: Ground) -> None:
-    result = await check(f"tls://127.0.0.1:{ground.mqtts_port}", options(ground))
+async def test_tls_target_ok_with_ca_file(servers: Servers) -> None:
+    result = await check(f"tls://127.0.0.1:{servers.mqtts_port}", options(servers))
     assert (result.reason, result.reason.step) == ("ok", "none")
     assert phases(result) == [("tcp", True), ("tls", True)]
     assert result.tls is not None and result.tls.verified
 
 
-async def test_tls_target_self_signed(ground: Ground) -> None:
-    result = await check(f"tls://127.0.0.1:{ground.mqtts_selfsigned_port}", options(ground))
+async def test_tls_target_self_signed(servers: Servers) -> None:
+    result = await check(f"tls://127.0.0.1:{servers.mqtts_selfsigned_port}", options(servers))
     assert (result.reason, result.reason.step) == ("tls_cert_untrusted", "config")
 
 
-async def test_tcp_target_ok(ground: Ground) -> None:
-    result = await check(f"tcp://127.0.0.1:{ground.mqtt_port}", options(ground))
+async def test_tcp_target_ok(servers: Servers) -> None:
+    result = await check(f"tcp://127.0.0.1:{servers.mqtt_port}", options(servers))
     assert (result.reason, result.reason.step) == ("ok", "none")
     assert phases(result) == [("tcp", True)]
 
 
-async def test_tcp_target_refused(ground: Ground) -> None:
-    result = await check(f"tcp://127.0.0.1:{closed_port()}", options(ground))
+async def test_tcp_target_refused(servers: Servers) -> None:
+    result = await check(f"tcp://127.0.0.1:{closed_port()}", options(servers))
     assert (result.reason, result.reason.step) == ("tcp_refused", "network")
     assert phases(result) == [("tcp", False)]
 

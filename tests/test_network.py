@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from devstack import faults
-from devstack.ground import Ground
+from devstack.servers import Servers
 from loginprobe.contract import Reason, Step
 from loginprobe.probes.attempt import Attempt, ProbeOptions
 from loginprobe.probes.run import run_check
@@ -43,60 +43,60 @@ def listener() -> Iterator[int]:
 # --- dns ---------------------------------------------------------------------------------
 
 
-async def test_dns_answer_address_and_ttl_are_recorded(ground: Ground, listener: int) -> None:
-    result = await check(f"tcp://mqtt.test:{listener}", options(ground))
+async def test_dns_answer_address_and_ttl_are_recorded(servers: Servers, listener: int) -> None:
+    result = await check(f"tcp://mqtt.test:{listener}", options(servers))
     assert_reason(result, Reason.OK, Step.NONE)
     assert result.dns is not None
     assert (result.dns.addresses, result.dns.ttl) == (["127.0.0.1"], 60)
-    assert result.dns.resolver == ground.resolver
+    assert result.dns.resolver == servers.resolver
     assert phase_names(result) == ["dns", "tcp"]
     assert all(p.ok for p in result.phases)
 
 
-async def test_dns_ipv6_only_name_connects_over_ipv6(ground: Ground) -> None:
+async def test_dns_ipv6_only_name_connects_over_ipv6(servers: Servers) -> None:
     with socket.socket(socket.AF_INET6) as s:
         s.bind(("::1", 0))
         s.listen()
-        result = await check(f"tcp://ipv6.test:{s.getsockname()[1]}", options(ground))
+        result = await check(f"tcp://ipv6.test:{s.getsockname()[1]}", options(servers))
     assert_reason(result, Reason.OK, Step.NONE)
     assert result.resolved_address == "::1"
 
 
-async def test_dns_dual_stack_name_records_both_families(ground: Ground, listener: int) -> None:
-    result = await check(f"tcp://v6.test:{listener}", options(ground))
+async def test_dns_dual_stack_name_records_both_families(servers: Servers, listener: int) -> None:
+    result = await check(f"tcp://v6.test:{listener}", options(servers))
     assert_reason(result, Reason.OK, Step.NONE)
     assert result.dns is not None and set(result.dns.addresses) == {"127.0.0.1", "::1"}
     assert result.resolved_address == "127.0.0.1"
 
 
-async def test_dns_nxdomain(ground: Ground) -> None:
-    result = await check("tcp://nosuchhost.test:5222", options(ground))
+async def test_dns_nxdomain(servers: Servers) -> None:
+    result = await check("tcp://nosuchhost.test:5222", options(servers))
     assert_reason(result, Reason.DNS_NXDOMAIN, Step.NETWORK)
     assert "NXDOMAIN" in result.message
     assert phase_names(result) == ["dns"] and not result.phases[0].ok
 
 
-async def test_dns_no_address_record(ground: Ground) -> None:
-    result = await check("tcp://noaddr.test:5222", options(ground))
+async def test_dns_no_address_record(servers: Servers) -> None:
+    result = await check("tcp://noaddr.test:5222", options(servers))
     assert_reason(result, Reason.DNS_NO_ANSWER, Step.NETWORK)
 
 
-async def test_dns_servfail(ground: Ground) -> None:
-    result = await check("tcp://x.fail.test:5222", options(ground))
+async def test_dns_servfail(servers: Servers) -> None:
+    result = await check("tcp://x.fail.test:5222", options(servers))
     assert_reason(result, Reason.DNS_SERVFAIL, Step.NETWORK)
     assert "SERVFAIL" in result.message
 
 
-async def test_dns_timeout_is_blamed_on_the_dns_phase(ground: Ground) -> None:
-    result = await check("tcp://slow.deny.test:5222", options(ground, timeout=1.0))
+async def test_dns_timeout_is_blamed_on_the_dns_phase(servers: Servers) -> None:
+    result = await check("tcp://slow.deny.test:5222", options(servers, timeout=1.0))
     assert_reason(result, Reason.DNS_TIMEOUT, Step.NETWORK)
     assert result.duration_ns < 2e9
     assert phase_names(result) == ["dns"]
 
 
-async def test_dns_resolver_that_is_down_times_out(ground: Ground) -> None:
+async def test_dns_resolver_that_is_down_times_out(servers: Servers) -> None:
     result = await check(
-        "tcp://xmpp.test:5222", options(ground, resolver=("127.0.0.1", closed_port()), timeout=1.0)
+        "tcp://xmpp.test:5222", options(servers, resolver=("127.0.0.1", closed_port()), timeout=1.0)
     )
     assert_reason(result, Reason.DNS_TIMEOUT, Step.NETWORK)
 
@@ -129,7 +129,7 @@ async def test_tcp_unreachable(listener: int) -> None:
     assert_reason(result, Reason.TCP_UNREACHABLE, Step.NETWORK)
 
 
-async def test_tcp_reset_after_connect_is_tcp_reset(ground: Ground) -> None:
+async def test_tcp_reset_after_connect_is_tcp_reset(servers: Servers) -> None:
     async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read(100)
         sock = writer.get_extra_info("socket")
@@ -140,7 +140,7 @@ async def test_tcp_reset_after_connect_is_tcp_reset(ground: Ground) -> None:
     server = await asyncio.start_server(reset, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     async with server:
-        result = await check(f"mqtt://alice@127.0.0.1:{port}", options(ground))
+        result = await check(f"mqtt://alice@127.0.0.1:{port}", options(servers))
     assert_reason(result, Reason.TCP_RESET, Step.NETWORK)
 
 
@@ -164,8 +164,8 @@ async def test_bound_to_interface_and_source_address(listener: int) -> None:
 # --- tls ---------------------------------------------------------------------------------
 
 
-async def test_tls_target_records_the_certificate(ground: Ground) -> None:
-    result = await check(f"tls://xmpp.test:{ground.xmpps_port}", options(ground))
+async def test_tls_target_records_the_certificate(servers: Servers) -> None:
+    result = await check(f"tls://xmpp.test:{servers.xmpps_port}", options(servers))
     assert_reason(result, Reason.OK, Step.NONE)
     assert phase_names(result) == ["dns", "tcp", "tls"]
     tls = result.tls
@@ -175,37 +175,37 @@ async def test_tls_target_records_the_certificate(ground: Ground) -> None:
     assert tls.days_left is not None and tls.days_left > 300
 
 
-async def test_tls_untrusted_without_the_ca(ground: Ground) -> None:
-    result = await check(f"tls://xmpp.test:{ground.xmpps_port}", options(ground, ca_file=None))
+async def test_tls_untrusted_without_the_ca(servers: Servers) -> None:
+    result = await check(f"tls://xmpp.test:{servers.xmpps_port}", options(servers, ca_file=None))
     assert_reason(result, Reason.TLS_CERT_UNTRUSTED, Step.CONFIG)
     assert "unable to get local issuer certificate" in result.message
     assert [(p.name, p.ok) for p in result.phases][-1] == ("tls", False)
 
 
-async def test_tls_expired(ground: Ground) -> None:
-    result = await check(f"tls://mqtt.test:{ground.mqtts_expired_port}", options(ground))
+async def test_tls_expired(servers: Servers) -> None:
+    result = await check(f"tls://mqtt.test:{servers.mqtts_expired_port}", options(servers))
     assert_reason(result, Reason.TLS_CERT_EXPIRED, Step.CONFIG)
     assert "expired" in result.message
 
 
-async def test_tls_hostname_mismatch(ground: Ground) -> None:
-    result = await check(f"tls://mqtt.test:{ground.mqtts_wronghost_port}", options(ground))
+async def test_tls_hostname_mismatch(servers: Servers) -> None:
+    result = await check(f"tls://mqtt.test:{servers.mqtts_wronghost_port}", options(servers))
     assert_reason(result, Reason.TLS_HOSTNAME_MISMATCH, Step.CONFIG)
 
 
-async def test_tls_self_signed(ground: Ground) -> None:
-    result = await check(f"tls://mqtt.test:{ground.mqtts_selfsigned_port}", options(ground))
+async def test_tls_self_signed(servers: Servers) -> None:
+    result = await check(f"tls://mqtt.test:{servers.mqtts_selfsigned_port}", options(servers))
     assert_reason(result, Reason.TLS_CERT_UNTRUSTED, Step.CONFIG)
     assert "self-signed" in result.message
 
 
-async def test_tls_no_common_version(ground: Ground) -> None:
-    result = await check(f"tls://http.test:{ground.https_tls11_port}", options(ground))
+async def test_tls_no_common_version(servers: Servers) -> None:
+    result = await check(f"tls://http.test:{servers.https_tls11_port}", options(servers))
     assert_reason(result, Reason.TLS_VERSION_MISMATCH, Step.CONFIG)
 
 
-async def test_tls_against_a_plaintext_port_is_a_protocol_mismatch(ground: Ground) -> None:
-    result = await check(f"tls://http.test:{ground.http_port}", options(ground))
+async def test_tls_against_a_plaintext_port_is_a_protocol_mismatch(servers: Servers) -> None:
+    result = await check(f"tls://http.test:{servers.http_port}", options(servers))
     assert_reason(result, Reason.PROTOCOL_MISMATCH, Step.CONFIG)
 
 
@@ -218,18 +218,18 @@ async def test_tls_against_a_plaintext_port_is_a_protocol_mismatch(ground: Groun
     ],
 )
 async def test_insecure_succeeds_but_records_why_it_would_fail(
-    ground: Ground, port_attr: str, needle: str
+    servers: Servers, port_attr: str, needle: str
 ) -> None:
-    port = getattr(ground, port_attr)
-    result = await check(f"tls://mqtt.test:{port}", options(ground, insecure=True))
+    port = getattr(servers, port_attr)
+    result = await check(f"tls://mqtt.test:{port}", options(servers, insecure=True))
     assert_reason(result, Reason.OK, Step.NONE)
     assert result.tls is not None and result.tls.verified is False
     assert result.tls.verify_error and needle in result.tls.verify_error
     assert result.tls.subject  # the certificate is still recorded
 
 
-async def test_insecure_with_a_good_certificate_is_verified(ground: Ground) -> None:
-    result = await check(f"tls://mqtt.test:{ground.mqtts_port}", options(ground, insecure=True))
+async def test_insecure_with_a_good_certificate_is_verified(servers: Servers) -> None:
+    result = await check(f"tls://mqtt.test:{servers.mqtts_port}", options(servers, insecure=True))
     assert result.tls is not None and result.tls.verified and result.tls.verify_error is None
 
 
@@ -295,9 +295,9 @@ def test_ping_without_permission_is_skipped_not_failed(listener: int) -> None:
     assert "permission" in ping["message"]
 
 
-async def test_alpn_refused_by_a_server_of_another_protocol(ground: Ground) -> None:
+async def test_alpn_refused_by_a_server_of_another_protocol(servers: Servers) -> None:
     # nginx over TLS knows http/1.1 only: an XMPP client's ALPN is refused by the alert.
-    result = await check(f"xmpps://alice@http.test:{ground.https_port}", options(ground))
+    result = await check(f"xmpps://alice@http.test:{servers.https_port}", options(servers))
     assert_reason(result, Reason.PROTOCOL_MISMATCH, Step.CONFIG)
     assert "NO_APPLICATION_PROTOCOL" in result.message
 

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from devstack.fleet import Agent, Collector, collector_config, new_token, wait_for
-from devstack.ground import PASSWORD, USER
 from devstack.netns import MQTTS_PORT, Link, TwoLinks
 from devstack.prometheus import prometheus, query
+from devstack.servers import PASSWORD, USER
 
 # Short enough for a test of a minute per run, long enough for every attempt on the clean
 # link: a run can never outlast its interval, so the timeout is the interval.

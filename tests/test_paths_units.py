@@ -19,7 +19,7 @@ from loginprobe.agent.network_paths import ProbePath
 from loginprobe.agent.scheduler import LOCAL, CheckSpec, Scheduler
 from loginprobe.codec import Report, from_wire, to_wire
 from loginprobe.collector.exporters.prometheus import ResultMetrics
-from loginprobe.collector.ingest import Ingest, Stats
+from loginprobe.collector.ingest import FleetState, Ingest
 from loginprobe.config import ConfigError
 from loginprobe.contract import Reason
 from loginprobe.probes.attempt import ProbeOptions
@@ -190,10 +190,10 @@ def test_the_network_context_crosses_the_wire() -> None:
 
 
 def test_metrics_take_each_results_path_labels_and_fall_back_to_the_agents() -> None:
-    stats = Stats()
-    stats.labels["a1"] = {"region": "eu-west", "carrier": "home-isp", "network_type": "wired"}
-    metrics = ResultMetrics(stats)
-    ingest = Ingest(stats, [metrics])
+    fleet = FleetState()
+    fleet.labels["a1"] = {"region": "eu-west", "carrier": "home-isp", "network_type": "wired"}
+    metrics = ResultMetrics(fleet)
+    ingest = Ingest(fleet, [metrics])
     ingest.batch("a1", {}, [
         to_wire(report(1, {"path": "wifi", "network_type": "wifi"})),
         to_wire(report(2, {"path": "lte", "network_type": "cellular", "carrier": "mobile-co"},

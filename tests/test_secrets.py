@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from devstack import fakes
-from devstack.ground import Ground
+from devstack.servers import Servers
 
 WRONG = "Wr0ng-but-still-Secret"
 
@@ -42,7 +42,7 @@ async def run_cli(args: list[str], password: str) -> tuple[int, str]:
     return proc.returncode, out.decode() + err.decode()
 
 
-def cases(g: Ground) -> list[tuple[str, str, str]]:
+def cases(g: Servers) -> list[tuple[str, str, str]]:
     """(url, password, expected reason) across protocols and failure kinds."""
     pw = g.password
     return [
@@ -71,8 +71,8 @@ def cases(g: Ground) -> list[tuple[str, str, str]]:
     ]
 
 
-async def test_no_output_ever_shows_the_password(ground: Ground) -> None:
-    common = ["--resolver", ground.resolver, "--ca-file", str(ground.ca_file), "--verbose"]
+async def test_no_output_ever_shows_the_password(servers: Servers) -> None:
+    common = ["--resolver", servers.resolver, "--ca-file", str(servers.ca_file), "--verbose"]
     slots = asyncio.Semaphore(4)
 
     async def one(url: str, password: str, reason: str, fmt: list[str]) -> str:
@@ -85,7 +85,7 @@ async def test_no_output_ever_shows_the_password(ground: Ground) -> None:
         return reason
 
     seen = await asyncio.gather(
-        *(one(*case, fmt) for case in cases(ground) for fmt in ([], ["--json"]))
+        *(one(*case, fmt) for case in cases(servers) for fmt in ([], ["--json"]))
     )
     assert len(set(seen)) >= 12
 

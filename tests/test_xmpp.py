@@ -1,4 +1,4 @@
-"""The XMPP probe against real prosody (the ground), and against tiny fake servers for the
+"""The XMPP probe against real prosody (the servers), and against tiny fake servers for the
 faults and server answers prosody never produces."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from devstack import certs, fakes
-from devstack.ground import Ground
+from devstack.servers import Servers
 from loginprobe.contract import Reason
 from loginprobe.probes import xmpp
 from loginprobe.probes.attempt import (
@@ -73,8 +73,8 @@ def stream_error(condition: str, text: str = "") -> bytes:
 # -- helpers ----------------------------------------------------------------------------
 
 
-def resolver(ground: Ground) -> tuple[str, int]:
-    ip, port = ground.resolver.rsplit(":", 1)
+def resolver(servers: Servers) -> tuple[str, int]:
+    ip, port = servers.resolver.rsplit(":", 1)
     return ip, int(port)
 
 
@@ -82,15 +82,15 @@ async def check(
     url: str,
     password: str = FAKE_PASSWORD,
     *,
-    ground: Ground | None = None,
+    servers: Servers | None = None,
     ca_file: Path | None = None,
     deadline: float = 5.0,
 ) -> Result:
     """One run_check; every result is also checked for the password leaking anywhere."""
     options = ProbeOptions(
         password=password,
-        ca_file=str(ca_file or (ground.ca_file if ground else "")) or None,
-        resolver=resolver(ground) if ground else None,
+        ca_file=str(ca_file or (servers.ca_file if servers else "")) or None,
+        resolver=resolver(servers) if servers else None,
         timeout=deadline,
     )
     result = await run_check(parse_target(url), options)
@@ -135,7 +135,7 @@ def recording(received: list[bytes], *replies: bytes) -> fakes.Handler:
 
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> certs.TestPKI:
-    """Certificates for fake direct-TLS servers (the ground keeps its keys to itself)."""
+    """Certificates for fake direct-TLS servers (the servers keeps its keys to itself)."""
     return certs.make_pki(tmp_path_factory.mktemp("xmpp-pki"))
 
 
@@ -161,39 +161,39 @@ async def probe_directly(url: str, deadline: float) -> tuple[Attempt, ProbeFailu
 # -- logins against prosody -------------------------------------------------------------
 
 
-async def test_login_via_srv(ground: Ground) -> None:
-    result = await check("xmpp://alice@xmpp.test", ground.password, ground=ground)
+async def test_login_via_srv(servers: Servers) -> None:
+    result = await check("xmpp://alice@xmpp.test", servers.password, servers=servers)
     assert_reason(result, Reason.OK)
     assert phases(result) == {"dns": True, "tcp": True, "tls": True, "login": True}
-    assert result.dns is not None and result.dns.srv == f"xmpp.test:{ground.xmpp_port}"
+    assert result.dns is not None and result.dns.srv == f"xmpp.test:{servers.xmpp_port}"
     assert result.tls is not None and result.tls.verified
     lines = [t.text for t in result.transcript]
     assert "logged in as alice@xmpp.test/loginprobe" in lines
     assert "</stream:stream>" in [t.text for t in result.transcript if t.direction == ">"]
 
 
-async def test_login_explicit_port_and_host(ground: Ground) -> None:
-    result = await check(fake_url(ground.xmpp_port), ground.password, ground=ground)
+async def test_login_explicit_port_and_host(servers: Servers) -> None:
+    result = await check(fake_url(servers.xmpp_port), servers.password, servers=servers)
     assert_reason(result, Reason.OK)
     # Nothing to resolve: the dns phase is absent, not zero.
     assert phases(result) == {"tcp": True, "tls": True, "login": True}
     assert result.tls is not None and result.tls.subject == "CN=xmpp.test"
 
 
-async def test_login_direct_tls_via_srv(ground: Ground) -> None:
-    result = await check("xmpps://alice@xmpp.test", ground.password, ground=ground)
+async def test_login_direct_tls_via_srv(servers: Servers) -> None:
+    result = await check("xmpps://alice@xmpp.test", servers.password, servers=servers)
     assert_reason(result, Reason.OK)
     assert phases(result) == {"dns": True, "tcp": True, "tls": True, "login": True}
-    assert result.dns is not None and result.dns.srv == f"xmpp.test:{ground.xmpps_port}"
+    assert result.dns is not None and result.dns.srv == f"xmpp.test:{servers.xmpps_port}"
 
 
-async def test_login_direct_tls_explicit_port(ground: Ground) -> None:
-    result = await check(fake_url(ground.xmpps_port, "xmpps"), ground.password, ground=ground)
+async def test_login_direct_tls_explicit_port(servers: Servers) -> None:
+    result = await check(fake_url(servers.xmpps_port, "xmpps"), servers.password, servers=servers)
     assert_reason(result, Reason.OK)
 
 
-async def test_wrong_password(ground: Ground) -> None:
-    result = await check("xmpp://alice@xmpp.test", "not-the-password", ground=ground)
+async def test_wrong_password(servers: Servers) -> None:
+    result = await check("xmpp://alice@xmpp.test", "not-the-password", servers=servers)
     assert_reason(result, Reason.AUTH_REJECTED, "SASL failure: not-authorized")
     assert phases(result) == {"dns": True, "tcp": True, "tls": True, "login": False}
     # The client's proof is password-derived: redacted, while the SCRAM start is shown.
@@ -203,35 +203,37 @@ async def test_wrong_password(ground: Ground) -> None:
 
 
 async def test_salted_password_cache_keeps_verdicts_apart_and_holds_no_password(
-    ground: Ground,
+    servers: Servers,
 ) -> None:
     # The derived key is cached per (password, salt, rounds): a right and a wrong password
     # in turn must still get their own verdicts, and the cache must not hold the password.
     for password, reason in [
-        (ground.password, Reason.OK),
+        (servers.password, Reason.OK),
         ("not-the-password", Reason.AUTH_REJECTED),
     ] * 2:
-        result = await check("xmpp://alice@xmpp.test", password, ground=ground)
+        result = await check("xmpp://alice@xmpp.test", password, servers=servers)
         assert result.reason is reason
     assert xmpp._SALTED_CACHE
-    assert all(ground.password.encode() not in b"".join(k[1:3]) for k in xmpp._SALTED_CACHE)
+    assert all(servers.password.encode() not in b"".join(k[1:3]) for k in xmpp._SALTED_CACHE)
 
 
-async def test_unknown_user(ground: Ground) -> None:
-    result = await check("xmpp://nobody@xmpp.test", ground.password, ground=ground)
+async def test_unknown_user(servers: Servers) -> None:
+    result = await check("xmpp://nobody@xmpp.test", servers.password, servers=servers)
     assert_reason(result, Reason.AUTH_REJECTED, "not-authorized")
 
 
-async def test_disabled_account(ground: Ground) -> None:
-    result = await check(f"xmpp://{ground.disabled_user}@xmpp.test", ground.password, ground=ground)
+async def test_disabled_account(servers: Servers) -> None:
+    result = await check(
+        f"xmpp://{servers.disabled_user}@xmpp.test", servers.password, servers=servers
+    )
     assert_reason(result, Reason.AUTH_NOT_AUTHORIZED, "account-disabled")
 
 
-async def test_unknown_domain(ground: Ground) -> None:
+async def test_unknown_domain(servers: Servers) -> None:
     """prosody answers a stream to a domain it does not host with <host-unknown/>; that
     comes before STARTTLS, so the tls phase is the one that fails."""
-    url = f"xmpp://alice@other.test:{ground.xmpp_port}?host=127.0.0.1"
-    result = await check(url, ground.password, ground=ground)
+    url = f"xmpp://alice@other.test:{servers.xmpp_port}?host=127.0.0.1"
+    result = await check(url, servers.password, servers=servers)
     assert_reason(result, Reason.SERVER_UNAVAILABLE, "stream error: host-unknown")
     assert phases(result) == {"tcp": True, "tls": False}
 
@@ -239,28 +241,28 @@ async def test_unknown_domain(ground: Ground) -> None:
 # -- the right host, another protocol -----------------------------------------------------
 
 
-async def test_http_port(ground: Ground) -> None:
-    result = await check(fake_url(ground.http_port), ground.password, ground=ground)
+async def test_http_port(servers: Servers) -> None:
+    result = await check(fake_url(servers.http_port), servers.password, servers=servers)
     assert_reason(result, Reason.PROTOCOL_MISMATCH, "HTTP", "400 Bad Request")
     assert phases(result) == {"tcp": True, "tls": False}
 
 
-async def test_mqtt_port(ground: Ground) -> None:
+async def test_mqtt_port(servers: Servers) -> None:
     """mosquitto takes our '<' for a packet header and hangs up without a byte (a reset,
     as our stream header is still unread). Every XMPP server answers a stream header with
     its own, even to refuse, so hanging up on it silently says the port is not XMPP:
     protocol_mismatch, with the reset named in the message."""
-    result = await check(fake_url(ground.mqtt_port), ground.password, ground=ground)
+    result = await check(fake_url(servers.mqtt_port), servers.password, servers=servers)
     assert_reason(result, Reason.PROTOCOL_MISMATCH, "without answering the XMPP stream header")
 
 
-async def test_starttls_against_direct_tls_port(ground: Ground) -> None:
-    result = await check(fake_url(ground.xmpps_port), ground.password, ground=ground)
+async def test_starttls_against_direct_tls_port(servers: Servers) -> None:
+    result = await check(fake_url(servers.xmpps_port), servers.password, servers=servers)
     assert_reason(result, Reason.PROTOCOL_MISMATCH, "xmpps://")
 
 
-async def test_direct_tls_against_starttls_port(ground: Ground) -> None:
-    result = await check(fake_url(ground.xmpp_port, "xmpps"), ground.password, ground=ground)
+async def test_direct_tls_against_starttls_port(servers: Servers) -> None:
+    result = await check(fake_url(servers.xmpp_port, "xmpps"), servers.password, servers=servers)
     assert_reason(result, Reason.PROTOCOL_MISMATCH, "did not answer with TLS")
     assert phases(result) == {"tcp": True, "tls": False}
 

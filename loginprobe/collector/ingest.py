@@ -41,8 +41,9 @@ class Refused(Exception):
 
 
 @dataclass
-class Stats:
-    """The collector's own counters, in plain Python; exporters render them. `received`
+class FleetState:
+    """What the collector knows of its fleet, in plain Python: which agents are connected
+    with which labels, and its own counters; exporters render it. `received`
     counts each (agent, seq) once: a replayed result shows in `duplicates` instead."""
 
     received: dict[str, int] = field(default_factory=dict)
@@ -95,9 +96,9 @@ class Ingest:
     (the agent replays its spool oldest first), so a seq at or below the mark was processed
     before: counted as a duplicate, acknowledged, not processed again."""
 
-    def __init__(self, stats: Stats, sinks: Sequence[Sink] = (),
+    def __init__(self, fleet: FleetState, sinks: Sequence[Sink] = (),
                  high_water: dict[str, int] | None = None) -> None:
-        self.stats = stats
+        self.fleet = fleet
         self.sinks = list(sinks)
         self.high_water = high_water or {}
         self._logged_invalid: set[str] = set()
@@ -143,12 +144,12 @@ class Ingest:
             batch = Accepted(agent, fixed_labels, fresh)
             for sink in self.sinks:
                 sink.write(batch)
-            self.stats.received[agent] = self.stats.received.get(agent, 0) + len(fresh)
-            self.stats.last_result[agent] = time.time()
+            self.fleet.received[agent] = self.fleet.received.get(agent, 0) + len(fresh)
+            self.fleet.last_result[agent] = time.time()
         if duplicates:
-            self.stats.duplicates[agent] = self.stats.duplicates.get(agent, 0) + duplicates
+            self.fleet.duplicates[agent] = self.fleet.duplicates.get(agent, 0) + duplicates
         if invalid:
-            self.stats.reject("invalid_result", invalid)
+            self.fleet.reject("invalid_result", invalid)
             if agent not in self._logged_invalid:  # once per agent, never per result
                 self._logged_invalid.add(agent)
                 log.warning("agent %s sent %d invalid result(s), dropped and counted; "

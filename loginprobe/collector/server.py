@@ -24,7 +24,7 @@ from loginprobe.collector.assign import assigned, changes
 from loginprobe.collector.auth import AuthError, Credential, credential, identify
 from loginprobe.collector.config import Check, Loaded, load_config
 from loginprobe.collector.exporters.prometheus import serve_metrics
-from loginprobe.collector.ingest import Ingest, Refused, Stats
+from loginprobe.collector.ingest import FleetState, Ingest, Refused
 from loginprobe.collector.sinks import build as build_sinks
 from loginprobe.config import ConfigError
 from loginprobe.wire import collector_pb2 as pb
@@ -126,10 +126,10 @@ class Session:
 class CollectorService:
     """The Connect handler and the state it shares across streams."""
 
-    def __init__(self, loaded: Loaded, ingest: Ingest, stats: Stats) -> None:
+    def __init__(self, loaded: Loaded, ingest: Ingest, fleet: FleetState) -> None:
         self.limits = loaded.config.limits
         self.ingest = ingest
-        self.stats = stats
+        self.fleet = fleet
         self.sessions: dict[str, Session] = {}
         self.buckets: dict[str, Bucket] = {}
         self._pushes: set[asyncio.Task[None]] = set()
@@ -149,7 +149,7 @@ class CollectorService:
             cred = credential(context.invocation_metadata() or (), context.auth_context())
             agent = identify(cred, self.agents)
         except AuthError as exc:
-            self.stats.reject("unauthenticated" if exc.unknown else "permission_denied")
+            self.fleet.reject("unauthenticated" if exc.unknown else "permission_denied")
             log.warning("refused a stream from %s: %s", context.peer(), exc)
             # Take the agent's Hello first: a grpc.aio client whose write races with the end
             # of the call reports INTERNAL instead of this status (grpc/grpc#36066), and the
@@ -184,7 +184,7 @@ class CollectorService:
                 await context.write(pb.ConnectResponse(checks=full))
             await self._results(session)
         except Refused as exc:
-            self.stats.reject(exc.reason)
+            self.fleet.reject(exc.reason)
             log.warning("refused a message from agent %s (%s): %s", agent.id, exc.reason, exc)
             await context.abort(exc.code, str(exc))
         except asyncio.CancelledError:
@@ -251,8 +251,8 @@ class CollectorService:
             older.kick(grpc.StatusCode.ABORTED,
                        f"agent {session.agent} connected again; the newer stream wins")
         self.sessions[session.agent] = session
-        self.stats.connected[session.agent] = session.labels
-        self.stats.labels[session.agent] = session.labels
+        self.fleet.connected[session.agent] = session.labels
+        self.fleet.labels[session.agent] = session.labels
         log.info("agent %s (version %.32s) connected from %s with labels %s, %d checks",
                  session.agent, version, session.context.peer(), session.labels,
                  len(session.checks))
@@ -260,7 +260,7 @@ class CollectorService:
     def _close(self, session: Session) -> None:
         if self.sessions.get(session.agent) is session:
             del self.sessions[session.agent]
-            self.stats.connected.pop(session.agent, None)
+            self.fleet.connected.pop(session.agent, None)
             log.info("agent %s disconnected", session.agent)
 
     def apply(self, loaded: Loaded) -> None:
@@ -270,7 +270,7 @@ class CollectorService:
         self.checks = loaded.config.checks
         for agent in self.agents:
             if not agent.revoked:
-                self.stats.labels.setdefault(agent.id, dict(agent.labels))
+                self.fleet.labels.setdefault(agent.id, dict(agent.labels))
         pushed = 0
         for session in list(self.sessions.values()):
             try:
@@ -283,7 +283,7 @@ class CollectorService:
                              f"the credential now belongs to agent {agent.id}; reconnect")
                 continue
             session.fixed = dict(agent.labels)
-            self.stats.connected[session.agent] = self.stats.labels[session.agent] = (
+            self.fleet.connected[session.agent] = self.fleet.labels[session.agent] = (
                 session.labels)
             new = assigned(self.checks, session.labels)
             upsert, remove = changes(session.checks, new)
@@ -380,9 +380,9 @@ async def serve(path: Path, loaded: Loaded) -> int:
     """Run until SIGTERM or SIGINT, then stop gracefully: 0 on a clean stop, 1 when an
     address cannot be listened on."""
     config = loaded.config
-    stats = Stats()
-    sinks = build_sinks(config, stats)
-    service = CollectorService(loaded, Ingest(stats, sinks.all, sinks.high_water), stats)
+    fleet = FleetState()
+    sinks = build_sinks(config, fleet)
+    service = CollectorService(loaded, Ingest(fleet, sinks.all, sinks.high_water), fleet)
     server = _grpc_server(service, config.limits.max_message_bytes)
     health_service = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_service, server)
@@ -402,7 +402,7 @@ async def serve(path: Path, loaded: Loaded) -> int:
         return 1
     if config.metrics_listen:
         try:
-            metrics = serve_metrics(stats, *split_host_port(config.metrics_listen),
+            metrics = serve_metrics(fleet, *split_host_port(config.metrics_listen),
                                     results=sinks.metrics,
                                     series_ttl=config.metrics.series_ttl,
                                     extra=sinks.extra_collectors)

@@ -11,7 +11,7 @@ from loginprobe.collector.config import CollectorConfig
 from loginprobe.collector.exporters.log import EventLog
 from loginprobe.collector.exporters.prometheus import ResultMetrics
 from loginprobe.collector.exporters.results_log import ResultsLog
-from loginprobe.collector.ingest import Sink, Stats
+from loginprobe.collector.ingest import FleetState, Sink
 
 
 @dataclass
@@ -28,7 +28,7 @@ class Sinks:
             sink.close()
 
 
-def build(config: CollectorConfig, stats: Stats) -> Sinks:
+def build(config: CollectorConfig, fleet: FleetState) -> Sinks:
     out = Sinks()
     if config.results_log:
         # First: a batch it fails to write is sent again, and must not have counted.
@@ -38,18 +38,18 @@ def build(config: CollectorConfig, stats: Stats) -> Sinks:
     if config.metrics_listen:
         # ~20-30 µs a result: paid only when there is a /metrics to read them from.
         out.metrics = ResultMetrics(
-            stats, config.metrics.series_ttl, config.metrics.max_label_values)
+            fleet, config.metrics.series_ttl, config.metrics.max_label_values)
         out.all.append(out.metrics)
     if config.traces:
         # Imported only when configured: the SDK and its gRPC exporter take time to load.
         from loginprobe.collector.exporters.otel import TraceExporter
 
         traces = TraceExporter.otlp(
-            stats, config.traces.endpoint, config.traces.insecure,
+            fleet, config.traces.endpoint, config.traces.insecure,
             config.traces.success_sample_ratio, config.traces.queue_size,
             config.traces.max_sampled_per_second)
         out.all.append(traces)
         out.extra_collectors.append(traces)  # its dropped-spans counter
     if config.event_log:
-        out.all.append(EventLog(stats, config.event_log.file))
+        out.all.append(EventLog(fleet, config.event_log.file))
     return out

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from loginprobe.codec import ResultView
-from loginprobe.collector.ingest import Accepted, Stats
+from loginprobe.collector.ingest import Accepted, FleetState
 
 
 def iso(unix_nano: int) -> str:
@@ -31,8 +31,8 @@ class EventLog:
     are decoded, and only their fields. Messages arrive scrubbed of secrets by the probe;
     nothing else in a result can carry one (a check names its password, never holds it)."""
 
-    def __init__(self, stats: Stats, path: Path | None = None) -> None:
-        self.stats = stats
+    def __init__(self, fleet: FleetState, path: Path | None = None) -> None:
+        self.fleet = fleet
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
         self._out: IO[str] = path.open("a", encoding="utf-8") if path else sys.stderr
@@ -42,7 +42,7 @@ class EventLog:
 
     def write(self, batch: Accepted) -> None:
         agent, fixed = batch.agent, batch.fixed_labels
-        claimed = self.stats.labels.get(agent, {})
+        claimed = self.fleet.labels.get(agent, {})
         failing = self._failing
         lines: list[dict[str, Any]] = []
         for msg in batch.results:

@@ -26,7 +26,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from loginprobe.codec import ResultView
-from loginprobe.collector.ingest import Accepted, Stats
+from loginprobe.collector.ingest import Accepted, FleetState
 from loginprobe.target import TargetError, parse_target
 
 log = logging.getLogger(__name__)
@@ -50,9 +50,9 @@ class TraceExporter(Collector):
     queue of failures are lost. Also a
     Prometheus collector of what it dropped or failed to send (beyond the contract)."""
 
-    def __init__(self, stats: Stats, exporter: SpanExporter, success_sample_ratio: float,
+    def __init__(self, fleet: FleetState, exporter: SpanExporter, success_sample_ratio: float,
                  queue_size: int = 10_000, max_sampled_per_second: float = 100.0) -> None:
-        self.stats = stats
+        self.fleet = fleet
         self.exporter = exporter
         self.queue_size = queue_size
         # The SDK spends ~0.4 ms of CPU on each attempt it exports (building and encoding
@@ -77,13 +77,13 @@ class TraceExporter(Collector):
         self._thread.start()
 
     @classmethod
-    def otlp(cls, stats: Stats, endpoint: str, insecure: bool, success_sample_ratio: float,
+    def otlp(cls, fleet: FleetState, endpoint: str, insecure: bool, success_sample_ratio: float,
              queue_size: int, max_sampled_per_second: float) -> TraceExporter:
-        return cls(stats, OTLPSpanExporter(endpoint=endpoint, insecure=insecure),
+        return cls(fleet, OTLPSpanExporter(endpoint=endpoint, insecure=insecure),
                    success_sample_ratio, queue_size, max_sampled_per_second)
 
     def write(self, batch: Accepted) -> None:
-        claimed = self.stats.labels.get(batch.agent, {})
+        claimed = self.fleet.labels.get(batch.agent, {})
         queue, failures, bound = self._queue, self._failures, self._bound
         now = time.monotonic()
         rate = self.max_sampled_per_second

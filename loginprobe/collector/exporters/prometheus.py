@@ -22,7 +22,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import ThreadingWSGIServer, choose_encoder
 from prometheus_client.registry import Collector
 
-from loginprobe.collector.ingest import Accepted, Stats
+from loginprobe.collector.ingest import Accepted, FleetState
 from loginprobe.contract import NETWORK_TYPES, PHASES
 
 log = logging.getLogger(__name__)
@@ -111,9 +111,9 @@ class ResultMetrics:
     distinct values of one label, new values are counted under OVERFLOW (sums stay right,
     one label loses detail) and in loginprobe_collector_series_dropped_total."""
 
-    def __init__(self, stats: Stats, series_ttl: float = 3600.0,
+    def __init__(self, fleet: FleetState, series_ttl: float = 3600.0,
                  max_label_values: int = 1000) -> None:
-        self.stats = stats
+        self.fleet = fleet
         self.series_ttl = series_ttl
         self.max_label_values = max_label_values
         self._lock = threading.Lock()  # the event loop writes, the HTTP thread reads
@@ -131,7 +131,7 @@ class ResultMetrics:
 
     def write(self, batch: Accepted) -> None:
         agent, fixed = batch.agent, batch.fixed_labels
-        claimed = self.stats.labels.get(agent, {})
+        claimed = self.fleet.labels.get(agent, {})
         now = time.monotonic()
         with self._lock:
             # A new hello or a registry reload may change the agent's labels: start over.
@@ -314,19 +314,19 @@ def _histogram(w: Callable[[str], None], name: str, labels: str, h: _Histogram,
     w(f"{name}_count{{{labels}}} {running}\n{name}_sum{{{labels}}} {total_ns / 1e9}\n")
 
 
-class StatsCollector(Collector):
-    """Reads Stats at scrape time. It runs in the HTTP thread while the event loop writes,
+class FleetCollector(Collector):
+    """Reads FleetState at scrape time. It runs in the HTTP thread while the event loop writes,
     so each dict is copied first (a C-level copy the GIL keeps whole). An agent neither
-    connected nor sending for series_ttl is left out (Stats itself is not changed here)."""
+    connected nor sending for series_ttl is left out (FleetState itself is not changed here)."""
 
-    def __init__(self, stats: Stats, series_ttl: float = 3600.0) -> None:
-        self.stats = stats
+    def __init__(self, fleet: FleetState, series_ttl: float = 3600.0) -> None:
+        self.fleet = fleet
         self.series_ttl = series_ttl
         self._gone_since: dict[str, float] = {}  # agent -> when first seen not connected
 
     def _live(self, connected: dict[str, dict[str, str]], agents: Sequence[str]) -> set[str]:
         now = time.time()
-        last = dict(self.stats.last_result)
+        last = dict(self.fleet.last_result)
         live = set()
         for agent in agents:
             if agent in connected:
@@ -339,7 +339,7 @@ class StatsCollector(Collector):
         return live
 
     def collect(self) -> Iterator[Metric]:
-        s = self.stats
+        s = self.fleet
         now = dict(s.connected)
         labels = {**dict(s.labels), **now}
         live = self._live(now, [*labels, *dict(s.received)])
@@ -377,7 +377,7 @@ class StatsCollector(Collector):
 
 
 def serve_metrics(
-    stats: Stats, host: str, port: int, results: ResultMetrics | None = None,
+    fleet: FleetState, host: str, port: int, results: ResultMetrics | None = None,
     series_ttl: float = 3600.0, extra: Sequence[Collector] = (),
 ) -> WSGIServer:
     """Start /metrics on host:port; the caller shuts the returned server down. The format
@@ -386,7 +386,7 @@ def serve_metrics(
     grow with the fleet, through ResultMetrics.render. Not gzipped: compressing tens of
     MiB would cost more CPU than the loopback or LAN bytes it saves."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StatsCollector(stats, series_ttl))
+    registry.register(FleetCollector(fleet, series_ttl))
     for collector in extra:
         registry.register(collector)
 

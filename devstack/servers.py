@@ -1,11 +1,11 @@
-"""The ground: real unbound, prosody, mosquitto and nginx on loopback, for tests and the demo.
+"""The servers: real unbound, prosody, mosquitto and nginx on loopback, for tests and the demo.
 
 Each server gets its own config and state in a fresh temp directory, runs in the
 foreground as our child, is checked with its real protocol before start() returns, and
-is stopped by its PID. Ports are picked at random so several grounds (or a developer's
+is stopped by its PID. Ports are picked at random so several servers (or a developer's
 own servers) can run side by side.
 
-    with Ground() as g:
+    with Servers() as g:
         ...  # g.xmpp_port, g.resolver, g.ca_file, g.password ...
 
 What is there (all on 127.0.0.1; certificates from the CA in `ca_file`, valid for
@@ -23,7 +23,7 @@ xmpp.test, mqtt.test, http.test, localhost and 127.0.0.1):
   /status503, /status500; `https_tls11_port` speaks TLS 1.1 only.
 - `set_password` and friends change credentials while everything runs.
 
-`python -m devstack.ground` starts one, prints its ports as JSON and runs until
+`python -m devstack.servers` starts one, prints its ports as JSON and runs until
 Ctrl-C or SIGTERM (the demo uses that).
 """
 
@@ -102,7 +102,7 @@ end, -1); -- after mod_saslauth (priority 0) has made the handler
 
 
 class GroundError(RuntimeError):
-    """The ground could not be started (missing binary, a server that does not come up)."""
+    """The servers could not be started (missing binary, a server that does not come up)."""
 
 
 class PortTaken(GroundError):
@@ -163,7 +163,7 @@ def _mqtt_connect_packet(user: str, password: str) -> bytes:
 
     flags = 0x80 | 0x40 | 0x02  # username, password, clean session
     body = field("MQTT") + bytes([4, flags]) + (30).to_bytes(2, "big")
-    body += field("ground-check") + field(user) + field(password)
+    body += field("servers-check") + field(user) + field(password)
     length, remaining = len(body), b""
     while True:  # MQTT's variable-length integer, 7 bits a byte
         length, digit = divmod(length, 128)
@@ -238,7 +238,7 @@ def http_get(
     return int(status_line[1])
 
 
-class Ground:
+class Servers:
     """Real servers on 127.0.0.1 with random ports; see the module docstring."""
 
     def __init__(self) -> None:
@@ -272,7 +272,7 @@ class Ground:
 
     # -- lifecycle ---------------------------------------------------------------
 
-    def __enter__(self) -> Ground:
+    def __enter__(self) -> Servers:
         return self.start()
 
     def __exit__(
@@ -283,7 +283,7 @@ class Ground:
     ) -> None:
         self.stop()
 
-    def start(self) -> Ground:
+    def start(self) -> Servers:
         if self._started:
             return self
         for name in _BINARIES:
@@ -305,7 +305,7 @@ class Ground:
         return self
 
     def _start(self) -> None:
-        self.tmpdir = Path(tempfile.mkdtemp(prefix="loginprobe-ground-"))
+        self.tmpdir = Path(tempfile.mkdtemp(prefix="loginprobe-servers-"))
         (
             self.dns_port,
             self.xmpp_port,
@@ -355,7 +355,7 @@ class Ground:
         self._started = False
 
     def ports(self) -> dict[str, int]:
-        """The public ports by name (what `python -m devstack.ground` prints)."""
+        """The public ports by name (what `python -m devstack.servers` prints)."""
         names = (
             "dns_port",
             "xmpp_port",
@@ -428,7 +428,7 @@ class Ground:
         with log.open("ab") as out:
             # setpriv --pdeathsig: the kernel kills the server if this process dies without
             # stop() (SIGKILL, crash), so no server outlives its test run. The signal
-            # follows the thread that forked, so start a Ground from a long-lived thread
+            # follows the thread that forked, so start a Servers from a long-lived thread
             # (the main one). It is also dropped when a server changes its uid, hence
             # run_as_root / user root below.
             self._procs[name] = subprocess.Popen(
@@ -470,7 +470,7 @@ class Ground:
             raise _NotReady(f"got {got!r}, want {want!r}")
 
     def client_context(self) -> ssl.SSLContext:
-        """A TLS client context that trusts the ground's CA."""
+        """A TLS client context that trusts the servers' CA."""
         return ssl.create_default_context(cafile=str(self.ca_file))
 
     # unbound ------------------------------------------------------------------------
@@ -562,7 +562,7 @@ forward-zone:
         cert, key = self._pki.valid.cert, self._pki.valid.key
         ssl_conf = f'{{ certificate = "{cert}"; key = "{key}"; }}'
         self._prosody_cfg.write_text(f"""\
--- Written by devstack/ground.py.
+-- Written by devstack/servers.py.
 -- As root on a test machine; prosodyctl then also stays root, so no chown is needed.
 run_as_root = true
 pidfile = "{base / "prosody.pid"}"
@@ -623,7 +623,7 @@ VirtualHost "{XMPP_DOMAIN}"
         )
         conf = base / "mosquitto.conf"
         conf.write_text(f"""\
-# Written by devstack/ground.py.
+# Written by devstack/servers.py.
 # Stay root: dropping to the mosquitto user would also drop setpriv's pdeathsig.
 user root
 persistence false
@@ -690,7 +690,7 @@ listener {self.mqtt_port} 127.0.0.1
         )
         cert, key = self._pki.valid.cert, self._pki.valid.key
         locations = f"""
-        location = / {{ return 200 "loginprobe ground\\n"; }}
+        location = / {{ return 200 "loginprobe servers\\n"; }}
         # return would run before auth_basic's access check: proxy to a server that says ok.
         location /login {{
             auth_basic "loginprobe";
@@ -707,7 +707,7 @@ listener {self.mqtt_port} 127.0.0.1
         )
         conf = base / "nginx.conf"
         conf.write_text(f"""\
-# Written by devstack/ground.py.
+# Written by devstack/servers.py.
 # One process: a SIGTERM to the PID we started stops everything, and pdeathsig covers it.
 master_process off;
 worker_processes 1;
@@ -756,18 +756,18 @@ http {{
 
 
 def main() -> None:
-    """Runs a ground until Ctrl-C or SIGTERM, printing its ports as one JSON line."""
+    """Runs a servers until Ctrl-C or SIGTERM, printing its ports as one JSON line."""
     # SIGTERM takes the same path as Ctrl-C, so stop() runs and the servers go too.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    with Ground() as ground:
-        info: dict[str, object] = dict(ground.ports())
+    with Servers() as servers:
+        info: dict[str, object] = dict(servers.ports())
         info.update(
-            resolver=ground.resolver,
-            ca_file=str(ground.ca_file),
-            user=ground.user,
-            password=ground.password,
-            disabled_user=ground.disabled_user,
-            tmpdir=str(ground.tmpdir),
+            resolver=servers.resolver,
+            ca_file=str(servers.ca_file),
+            user=servers.user,
+            password=servers.password,
+            disabled_user=servers.disabled_user,
+            tmpdir=str(servers.tmpdir),
         )
         print(json.dumps(info), flush=True)
         with contextlib.suppress(KeyboardInterrupt):
