@@ -11,8 +11,8 @@ import sys
 from collections.abc import Sequence
 
 from loginprobe import __version__
-from loginprobe.address import parse_resolver
-from loginprobe.config import ConfigError
+from loginprobe.address import check_interface, check_source_address, parse_resolver
+from loginprobe.config import ConfigError, check_ca_file
 from loginprobe.target import Target, TargetError, parse_target
 
 DEFAULT_PASSWORD_ENV = "LOGINPROBE_PASSWORD"
@@ -42,6 +42,8 @@ def read_password(target: Target, env_name: str | None, file_path: str | None) -
             ) from None
     name = env_name or DEFAULT_PASSWORD_ENV
     password = os.environ.get(name)
+    if password == "" and target.needs_password:
+        raise UsageError(f"the environment variable {name} is empty: set it to the password")
     if password is None and target.user and target.needs_password:
         raise UsageError(
             f"no password for {target.user!r}: set the environment variable {name} "
@@ -56,7 +58,8 @@ def _positive(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
     if not 0 < value <= 3600:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be between 0 and 3600 seconds")
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: must be more than 0 and at most 3600 seconds, e.g. 10 or 0.5")
     return value
 
 
@@ -133,8 +136,14 @@ def run_check_command(args: argparse.Namespace) -> int:
         target = parse_target(args.url)
     except TargetError as exc:
         raise UsageError(str(exc)) from None
-    if args.ca_file and not os.path.isfile(args.ca_file):
-        raise UsageError(f"--ca-file {args.ca_file}: no such file")
+    for flag, value, check in (("--ca-file", args.ca_file, check_ca_file),
+                               ("--interface", args.interface, check_interface),
+                               ("--source", args.source, check_source_address)):
+        try:
+            if value:
+                check(value)
+        except ValueError as exc:
+            raise UsageError(f"{flag} {exc}") from None
     options = ProbeOptions(
         password=read_password(target, args.password_env, args.password_file),
         ca_file=args.ca_file,

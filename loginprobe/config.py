@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import ssl
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -15,6 +16,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    FilePath,
     ValidationError,
 )
 
@@ -34,6 +36,30 @@ def _resolver(text: str) -> str:
     parse_resolver(text)  # its ValueError says what was expected
     return text
 
+
+def check_ca_file(path: str | Path) -> str:
+    """A CA bundle that holds at least one PEM certificate; ValueError saying what is wrong."""
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except ssl.SSLError:  # an OSError too: first
+        raise ValueError(
+            f"{path} holds no PEM certificate (-----BEGIN CERTIFICATE-----): give the CA "
+            "bundle that signed the server's certificate"
+        ) from None
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read it ({exc.strerror})") from None
+    return str(path)
+
+
+def _ca_file(path: Path) -> Path:
+    check_ca_file(path)
+    return path
+
+
+# A CA bundle, refused at load time when it holds no certificate.
+CAFile = Annotated[FilePath, AfterValidator(_ca_file)]
 
 # A DNS resolver written IP[:PORT], refused at load time when it is not one.
 Resolver = Annotated[str, AfterValidator(_resolver)]

@@ -29,6 +29,7 @@ class Protocol:
     needs_user: bool = False  # the URL must have USER@
     logs_in: bool = True  # sends credentials (so needs a password)
     domain_is_host: bool = False  # XMPP: the host part is the JID's domain; ?host= overrides
+    done: str = "logged in"  # what a success did, in the result's message
 
 
 PROTOCOLS: tuple[Protocol, ...] = (
@@ -49,8 +50,10 @@ PROTOCOLS: tuple[Protocol, ...] = (
         (Scheme("http", "none", 80), Scheme("https", "direct", 443)),
         probe="http", query={"auth": ("basic", "json")},
     ),
-    Protocol("tcp", (Scheme("tcp", "none", None),), probe="handshake", logs_in=False),
-    Protocol("tls", (Scheme("tls", "direct", None),), probe="handshake", logs_in=False),
+    Protocol("tcp", (Scheme("tcp", "none", None),), probe="handshake", logs_in=False,
+             done="connected"),
+    Protocol("tls", (Scheme("tls", "direct", None),), probe="handshake", logs_in=False,
+             done="TLS established"),
 )
 
 BY_NAME: dict[str, Protocol] = {p.name: p for p in PROTOCOLS}

@@ -49,7 +49,7 @@ def waterfall(result: Result, transcript: bool = False) -> str:
         for line in result.transcript:
             lines.append(f"  {line.offset_ns / 1e6:9.3f} ms {line.direction} {line.text}")
     if result.success:
-        lines.append(f"OK: logged in ({result.message})")
+        lines.append(f"OK: {result.message}")
     else:
         lines.append(f"FAILED: {result.reason} (step: {result.reason.step}): {result.message}")
         lines.append(f"hint: {result.hint}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -36,6 +37,20 @@ class Target:
         return BY_NAME[self.protocol].logs_in
 
 
+# What a DNS name or an IP literal may hold: letters (IDN too), digits, '-', '_', '.', ':'
+# (IPv6) and '%' (a zone index).
+_HOST = re.compile(r"[\w.:%-]+")
+
+
+def _check_host(host: str, url: str) -> None:
+    if not _HOST.fullmatch(host):
+        bad = next(c for c in host if not _HOST.fullmatch(c))
+        raise TargetError(
+            f"host {host!r} in {url!r} holds {bad!r}, which no host name has: "
+            "check the URL for a typo"
+        )
+
+
 def parse_target(url: str) -> Target:
     """Parse and validate a target URL, raising TargetError with a fix-it message."""
     try:
@@ -59,6 +74,7 @@ def parse_target(url: str) -> Target:
     host = (parts.hostname or "").rstrip(".")
     if not host:
         raise TargetError(f"no host in {url!r}: expected {scheme}://[USER@]HOST[:PORT]")
+    _check_host(host, url)
     user = unquote(parts.username) if parts.username is not None else ""
     if proto.needs_user and not user:
         raise TargetError(f"no user in {url!r}: expected {scheme}://USER@DOMAIN")

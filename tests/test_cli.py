@@ -3,15 +3,20 @@ usage errors that probe nothing."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from devstack.certs import PKI
 
 SECRET = "Sup3r-Secret-pw"
 
@@ -92,14 +97,68 @@ def test_verbose_json_includes_the_transcript(listener: int) -> None:
         (["check", "tcp://127.0.0.1:1", "--resolver", "dns.example:53"], "--resolver"),
         (["check", "tcp://127.0.0.1:1", "--timeout", "-1"], "--timeout"),
         (["check", "tls://127.0.0.1:1", "--ca-file", "/nonexistent.pem"], "--ca-file"),
+        # The user's own input, named as such rather than diagnosed as the network's fault.
+        (["check", "tls://127.0.0.1:1", "--ca-file", "/etc/hostname"],
+         "--ca-file /etc/hostname holds no PEM certificate"),
+        (["check", "xmpp://alice@xmpp.test", "--interface", "nosuch0"],
+         "--interface 'nosuch0': no such network interface on this machine; it has "),
+        (["check", "tcp://127.0.0.1:1", "--interface", "nosuch0"], "no such network interface"),
+        (["check", "tcp://127.0.0.1:1", "--source", "notanip"],
+         "--source 'notanip' is not an IP address"),
+        (["check", "tcp://127.0.0.1:1", "--source", "192.0.2.77"],
+         "--source 192.0.2.77 is not an address of this machine"),
+        (["check", "xmpp://alice@xmpp test"],
+         "host 'xmpp test' in 'xmpp://alice@xmpp test' holds ' '"),
+        (["check", "mqtt://alice@127.0.0.1:1", "--password-env", "EMPTY_PW_X"],
+         "the environment variable EMPTY_PW_X is empty"),
+        (["check", "tcp://127.0.0.1:1", "--timeout", "0"],
+         "must be more than 0 and at most 3600 seconds"),
     ],
 )
 def test_usage_errors_exit_2_and_probe_nothing(args: list[str], needle: str) -> None:
-    proc = loginprobe(*args)
+    proc = loginprobe(*args, env={"EMPTY_PW_X": ""})
     assert proc.returncode == 2
     assert needle in proc.stderr
     assert proc.stdout == ""
     assert SECRET not in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(("scheme", "done"), [("tcp", "connected"), ("tls", "TLS established")])
+def test_a_handshake_success_says_what_was_done(scheme: str, done: str, tmp_path: Path) -> None:
+    pki = PKI(tmp_path)
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(socket.socket())
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        if scheme == "tls":
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(pki.server.cert, pki.server.key)
+            accept = threading.Thread(target=_serve_tls, args=(server, ctx), daemon=True)
+            accept.start()
+        proc = loginprobe("check", f"{scheme}://localhost:{port}", "--ca-file", str(pki.ca_file))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.splitlines()[-1] == f"OK: {done}"
+
+
+def _serve_tls(server: socket.socket, ctx: ssl.SSLContext) -> None:
+    conn, _ = server.accept()
+    with contextlib.suppress(OSError), ctx.wrap_socket(conn, server_side=True) as tls:
+        tls.recv(1)
+
+
+def test_a_silent_resolver_is_named_with_the_query(listener: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:  # reads, never answers
+        silent.bind(("127.0.0.1", 0))
+        port = silent.getsockname()[1]
+        proc = loginprobe("check", "tcp://xmpp.test:5222", "--resolver", f"127.0.0.1:{port}",
+                          "--timeout", "1", "-v")
+    assert proc.returncode == 1
+    last = proc.stdout.splitlines()
+    failed = next(line for line in last if line.startswith("FAILED: dns_timeout"))
+    assert "xmpp.test A" in proc.stdout and f"to 127.0.0.1:{port} over UDP" in failed
+    assert f"> DNS query xmpp.test AAAA to 127.0.0.1:{port} over UDP" in proc.stdout
 
 
 def test_password_file_is_read_and_never_printed(tmp_path: Path) -> None:

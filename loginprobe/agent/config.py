@@ -14,7 +14,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, FilePath, fi
 from pydantic import ValidationInfo as Info
 
 from loginprobe.address import split_host_port
-from loginprobe.config import Resolver, Seconds, Strict, TargetURL, is_loopback, load
+from loginprobe.config import CAFile, Resolver, Seconds, Strict, TargetURL, is_loopback, load
 from loginprobe.contract import NetworkType
 from loginprobe.target import parse_target
 
@@ -40,11 +40,13 @@ def _env_is_set(name: str | None) -> str | None:
     # message names the variable, never a value.
     if name is not None and name not in os.environ:
         raise ValueError(f"the environment variable {name} is not set")
+    if name is not None and not os.environ[name]:
+        raise ValueError(f"the environment variable {name} is empty")
     return name
 
 
 class TLS(Strict):
-    ca_file: FilePath | None = None  # None: the system's trust store
+    ca_file: CAFile | None = None  # None: the system's trust store
     cert_file: FilePath | None = None  # client certificate for mTLS
     key_file: FilePath | None = Field(default=None, validate_default=True)
     server_name: str | None = None  # the name the collector's certificate must cover
@@ -179,7 +181,7 @@ class Check(Strict):
     timeout: Seconds | None = None  # None: 10 s, or the interval when that is shorter
     password_env: str | None = None
     password_file: FilePath | None = Field(default=None, validate_default=True)
-    ca_file: FilePath | None = None
+    ca_file: CAFile | None = None
     insecure: bool = False
     resolver: Resolver | None = None
 

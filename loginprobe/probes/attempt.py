@@ -72,6 +72,9 @@ class Attempt:
         self.phases: list[Phase] = []
         self.current: str | None = None
         self.failed_phase: str | None = None
+        # What the phase in flight is waiting for, for a deadline's message (e.g. the DNS
+        # query and its server); None when the phase name says it all.
+        self.waiting_for: str | None = None
         self.transcript: list[TranscriptLine] = []
         self.tls: TLSInfo | None = None
         self.dns: DNSInfo | None = None

@@ -44,7 +44,7 @@ async def run_check(
     """One login attempt against target within options.timeout; never raises for a failing
     target."""
     attempt = Attempt(target, options, clock)
-    reason, message = Reason.OK, "logged in"
+    reason, message = Reason.OK, BY_NAME[target.protocol].done
     try:
         try:
             async with asyncio.timeout(options.timeout):
@@ -59,6 +59,8 @@ async def run_check(
                 if phase
                 else f"the {options.timeout:g}s deadline passed"
             )
+            if attempt.waiting_for:
+                message += f": waiting for {attempt.waiting_for}"
         except Exception as exc:  # a bug of ours must still yield a Result
             log.exception("internal error probing %s", target.url)
             reason, message = Reason.INTERNAL_ERROR, f"internal error: {type(exc).__name__}"

@@ -106,6 +106,12 @@ async def _query(
 ) -> dns.rrset.RRset | None:
     """One query on the attempt's path, its failure turned into a reason; None for 'exists
     but no such record'."""
+    servers = ", ".join(f"{ns}:{res.port}" for ns in res.nameservers)
+    if attempt.options.resolver is None:
+        servers = f"the system resolver ({servers or 'none'} in /etc/resolv.conf)"
+    asked = f"{name} {rdtype} to {servers} over UDP (TCP only for a truncated answer)"
+    attempt.note(">", f"DNS query {asked}")
+    attempt.waiting_for = f"an answer to {asked}"
     try:
         answer = await res.resolve(
             name, rdtype, lifetime=lifetime, search=False,
@@ -121,8 +127,9 @@ async def _query(
         raise ProbeFailure(Reason.DNS_SERVFAIL, f"{name} {rdtype}: {exc}") from None
     except dns.exception.Timeout:
         raise ProbeFailure(
-            Reason.DNS_TIMEOUT, f"{name} {rdtype}: no answer within {lifetime:.1f}s"
+            Reason.DNS_TIMEOUT, f"no answer to {asked} within {lifetime:.1f}s"
         ) from None
+    attempt.waiting_for = None
     return answer.rrset
 
 
