@@ -3,11 +3,12 @@ problem, so nothing starts on a bad file."""
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import re
 import ssl
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, get_args
 
 import yaml
 from pydantic import (
@@ -139,13 +140,124 @@ def load(path: str | Path, model: type[M]) -> M:
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+    if data is None:
+        required = _required(model)
+        raise ConfigError(f"{path}: the file is empty" + (
+            f": it needs at least {', '.join(required)}" if required else ""))
     try:
-        return model.model_validate(data if data is not None else {})
+        return model.model_validate(data)
     except ValidationError as exc:
+        errors = exc.errors()
+        # A check across fields (such as "no credential") sits on a key the file may not
+        # have; when another error explains it (a credential that failed), it only misleads.
+        own = [e for e in errors if _in_file(node, tuple(e["loc"]))]
         problems = []
-        for err in exc.errors():
+        for err in errors if not own or len(own) == len(errors) else own:
             loc = tuple(err["loc"])
+            if not _in_file(node, loc):
+                loc = loc[:-1]  # say it of the section the file has, not of a key it lacks
             line = _line_of(node, loc)
             field = ".".join(str(p) for p in loc) or "(top level)"
-            problems.append(f"{path}:{line or 1}: {field}: {err['msg']}")
-        raise ConfigError("\n".join(problems)) from None
+            problems.append(f"{path}:{line or 1}: {field}: {_words(err, model)}")
+        raise ConfigError("\n".join(dict.fromkeys(problems))) from None
+
+
+def _in_file(node: yaml.Node | None, loc: tuple[int | str, ...]) -> bool:
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if k.value == key), None)
+            if node is None:
+                return False
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int):
+            if key >= len(node.value):
+                return False
+            node = node.value[key]
+        else:
+            return False
+    return True
+
+
+def _model_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The config model that holds the keys at loc, following fields, lists and Optionals."""
+    current: Any = model
+    for key in loc:
+        if isinstance(key, int):
+            continue  # a list item: the list's item model was found with its field
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(key)
+        if field is None:
+            return None
+        current = _inner_model(field.annotation)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _inner_model(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _required(model: type[BaseModel]) -> list[str]:
+    return [name for name, f in model.model_fields.items() if f.is_required()]
+
+
+def _kind(value: object) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, int | float):
+        return f"the number {value}"
+    if value is None:
+        return "nothing"
+    return f"{value!r}"
+
+
+def _words(err: Any, model: type[BaseModel]) -> str:
+    """A pydantic error in the project's words: what was found and what is expected."""
+    kind, found, ctx = err["type"], err.get("input"), err.get("ctx") or {}
+    if kind in ("value_error", "assertion_error"):
+        return str(ctx.get("error", err["msg"]))
+    if kind == "extra_forbidden":
+        key = str(err["loc"][-1])
+        holder = _model_at(model, tuple(err["loc"][:-1]))
+        known = sorted(holder.model_fields) if holder else []
+        close = difflib.get_close_matches(key, known, n=1)
+        if close:
+            return f"unknown key {key!r}: did you mean {close[0]!r}?"
+        return f"unknown key {key!r}" + (f"; the keys here are {', '.join(known)}" if known else "")
+    if kind == "missing":
+        return "required, and missing"
+    if kind in ("dict_type", "model_type", "model_attributes_type"):
+        return f"expected a mapping (key: value lines), found {_kind(found)}"
+    if kind in ("list_type", "tuple_type"):
+        return f"expected a list (- item lines), found {_kind(found)}"
+    if kind == "string_type":
+        return f"expected text, found {_kind(found)}: put it in quotes"
+    if kind in ("int_type", "int_parsing", "float_type", "float_parsing", "int_from_float"):
+        return f"expected a number, found {_kind(found)}"
+    if kind in ("bool_type", "bool_parsing"):
+        return f"expected true or false, found {_kind(found)}"
+    if kind == "literal_error":
+        return f"{_kind(found)} is not one of {ctx.get('expected')}"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        limit = next(iter(ctx.values()), "")
+        words = {"greater_than": "above", "greater_than_equal": "at least",
+                 "less_than": "below", "less_than_equal": "at most"}[kind]
+        return f"expected a value {words} {limit}, found {_kind(found)}"
+    if kind in ("string_too_short", "too_short"):
+        return "must not be empty"
+    if kind in ("string_too_long", "too_long"):
+        return f"too long: at most {ctx.get('max_length')} characters"
+    if kind == "path_not_file":
+        return f"{found}: no such file"
+    if kind == "string_pattern_mismatch":
+        return f"{_kind(found)} is not in the expected form ({ctx.get('pattern')})"
+    return str(err["msg"])

@@ -55,9 +55,15 @@ def parse_target(url: str) -> Target:
     """Parse and validate a target URL, raising TargetError with a fix-it message."""
     try:
         parts = urlsplit(url.strip())
-        explicit_port = parts.port
     except ValueError as exc:
         raise TargetError(f"invalid target URL {url!r}: {exc}") from None
+    try:
+        explicit_port = parts.port
+    except ValueError:  # urllib's words are "Port could not be cast to integer value"
+        port_text = parts.netloc.rpartition(":")[2]
+        raise TargetError(
+            f"port {port_text!r} in {url!r} is not a port number: use 1 to 65535"
+        ) from None
     scheme = parts.scheme.lower()
     if scheme not in SCHEMES:
         raise TargetError(

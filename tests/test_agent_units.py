@@ -97,7 +97,7 @@ def test_the_example_config_in_deploy_is_valid(monkeypatch: pytest.MonkeyPatch) 
 @pytest.mark.parametrize(
     ("change", "line", "words"),
     [
-        (("tcp://127.0.0.1:9", "tcp://127.0.0.1"), 7, "checks.0.url: Value error, no port"),
+        (("tcp://127.0.0.1:9", "tcp://127.0.0.1"), 7, "checks.0.url: no port"),
         (("127.0.0.1:7443", "192.0.2.10:7443"), 3, "only allowed for a loopback collector"),
         (("network_type: cellular", "network_type: satellite"), 4, "labels.network_type"),
         (("interval: 30s", "interval: soon"), 8, "expected a duration"),
@@ -105,7 +105,8 @@ def test_the_example_config_in_deploy_is_valid(monkeypatch: pytest.MonkeyPatch) 
         (("{env: AGENT_TEST_PW}", "{env: AGENT_TEST_PW, file: /etc/hostname}"), 10,
          "exactly one of env"),
         # The token never lives in the file: there is no key for it.
-        (("plaintext: true", "plaintext: true\n  token: abc"), 4, "Extra inputs are not"),
+        (("plaintext: true", "plaintext: true\n  token: abc"), 4,
+         "collector.token: unknown key 'token': did you mean 'token_env'?"),
     ],
 )
 def test_a_bad_config_names_file_line_and_problem(
@@ -122,7 +123,7 @@ def test_secrets_from_an_unset_variable_are_refused_by_name_only(
 ) -> None:
     monkeypatch.delenv("AGENT_TEST_PW", raising=False)
     message = refused(tmp_path, GOOD)
-    assert ":10: passwords.chat.env: Value error, the environment variable AGENT_TEST_PW is " \
+    assert ":10: passwords.chat.env: the environment variable AGENT_TEST_PW is " \
            "not set" in message
     monkeypatch.setenv("AGENT_TEST_PW", "s3cret")
     text = GOOD.replace("url: tcp://127.0.0.1:9", "url: xmpp://alice@xmpp.test")
@@ -307,3 +308,29 @@ def test_an_assigned_timeout_never_exceeds_the_interval() -> None:
     assert spec("x", 60.0).timeout == 10.0
     with pytest.raises(ValueError, match="interval"):
         spec("x", 0.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # The missing variable is the problem; "no credential" on a key the file does not
+        # have would send the user looking in the wrong place.
+        ("collector:\n  address: c.example:7443\n  token_env: NO_SUCH_TOKEN_VAR_X\n"
+         "spool: {path: x.db}\n",
+         [":3: collector.token_env: the environment variable NO_SUCH_TOKEN_VAR_X is not set"]),
+        ("collector:\n  address: c.example:7443\n  tokn_env: X\nspool: {path: x.db}\n",
+         [":3: collector.tokn_env: unknown key 'tokn_env': did you mean 'token_env'?"]),
+        ("- a list\n", [":1: (top level): expected a mapping (key: value lines), found a list"]),
+        ("", [": the file is empty"]),
+        ("collector:\n  address: 7443\n  token_env: HOME\nspool: {path: x.db}\n",
+         [":2: collector.address: expected text, found the number 7443"]),
+    ],
+)
+def test_config_errors_name_the_key_the_file_has(tmp_path: Path, text: str,
+                                                 expected: list[str]) -> None:
+    message = refused(tmp_path, text)
+    assert message.count("\n") == len(expected) - 1, message  # nothing else said
+    for line, words in zip(message.splitlines(), expected, strict=True):
+        assert words in line, message
+    for leak in ("Value error", "Input should", "Extra inputs", "plaintext"):
+        assert leak not in message

@@ -431,15 +431,27 @@ def run_collector(config: Path) -> subprocess.CompletedProcess[str]:
                            str(config)], cwd=ROOT, capture_output=True, text=True, timeout=30)
 
 
+def test_a_config_error_is_said_once_of_a_key_the_file_has(tmp_path: Path) -> None:
+    config = tmp_path / "collector.yaml"
+    config.write_text("allow_plaintext_loopback: true\nagents:\n  - id: a\n    token_sha256: abc\n")
+    done = run_collector(config)
+    assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, done.stderr
+    assert "cert_san" not in done.stderr  # a key the file does not have
+    config.write_text("")
+    done = run_collector(config)
+    assert done.returncode == 2
+    assert done.stderr == f"loginprobe collector: {config}: the file is empty\n"
+
+
 @pytest.mark.parametrize(("text", "where", "words"), [
     ("listen: 127.0.0.1:7443\nallow_plaintext_loopback: true\nlisen: x\n", 3,
-     "Extra inputs are not permitted"),
+     "lisen: unknown key 'lisen': did you mean 'listen'?"),
     ("allow_plaintext_loopback: true\nchecks:\n  - name: c\n    url: ftp://x\n", 4,
      "unsupported scheme"),
     ("listen: 192.0.2.1:7443\nallow_plaintext_loopback: true\n", 2,
      "only allowed on a loopback"),
     ("allow_plaintext_loopback: true\nagents:\n  - id: a\n    token_sha256: abc\n", 4,
-     "String should match pattern"),
+     "agents.0.token_sha256: expected the SHA-256 of the agent's token as 64 hex digits"),
     ("allow_plaintext_loopback: true\nagents:\n  - id: a\n  - id: b\n    cert_cn: b\n", 3,
      "exactly one credential"),
     ("allow_plaintext_loopback: true\nchecks:\n  - name: c\n    url: tcp://h:1\n"

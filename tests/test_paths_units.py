@@ -74,7 +74,7 @@ def test_no_paths_is_one_default_path_with_the_agents_labels(tmp_path: Path) -> 
 @pytest.mark.parametrize(("old", "new", "words"), [
     ("name: lte", "name: wifi", "two paths are named 'wifi'"),
     ("interface: wwan0", "interface: a-very-long-name0",
-     "paths.1.interface: String should have at most 15"),
+     "paths.1.interface: too long: at most 15 characters"),
     ("resolver: 192.0.2.53", "resolver: dns.example", "paths.1.resolver"),
     ("network_type: cellular", "network_type: 5g", "paths.1.labels.network_type"),
     ("asn: 3320", "asn: -1", "paths.0.labels.asn"),

@@ -3,6 +3,7 @@ registry of known agents, the checks it assigns by label selector, and its limit
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -59,7 +60,7 @@ class Agent(Strict):
     this file holds nothing an attacker could log in with."""
 
     id: Name
-    token_sha256: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")] | None = None
+    token_sha256: str | None = None
     cert_cn: str | None = None
     cert_san: str | None = Field(default=None, validate_default=True)
     revoked: bool = False
@@ -69,6 +70,11 @@ class Agent(Strict):
     @field_validator("token_sha256")
     @classmethod
     def _lower(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", v):
+            raise ValueError(
+                f"expected the SHA-256 of the agent's token as 64 hex digits "
+                f"(printf %s TOKEN | sha256sum), found {len(v)} characters"
+            )
         return v.lower() if v else v
 
     @field_validator("cert_san")
