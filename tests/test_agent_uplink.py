@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import time
 from collections.abc import AsyncIterator
@@ -16,10 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 
+from devstack.fleet import free_port as closed_port
+from loginprobe.agent import uplink as uplink_module
+from loginprobe.agent.backoff import Backoff
 from loginprobe.agent.config import AgentConfig
+from loginprobe.agent.health import AgentMetrics, health_text
 from loginprobe.agent.network_paths import ProbePath
-from loginprobe.agent.scheduler import Scheduler
+from loginprobe.agent.scheduler import ASSIGNED, Scheduler
 from loginprobe.agent.spool import Spool
 from loginprobe.agent.uplink import Uplink, encode
 from loginprobe.codec import Report
@@ -37,6 +43,7 @@ class Stub:
 
     last_processed: int
     max_batch: int
+    password_ref: str = ""
     hello: pb.Hello | None = None
     batches: list[list[pb.ProbeResult]] = field(default_factory=list)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
@@ -51,7 +58,13 @@ class Stub:
         yield pb.ConnectResponse(welcome=welcome)
         check = pb.Check(name="assigned", url="tcp://127.0.0.1:1")  # refused: quick
         check.interval.FromNanoseconds(100_000_000)
-        yield pb.ConnectResponse(checks=pb.CheckUpdate(full=True, upsert=[check]))
+        upsert = [check]
+        if self.password_ref:
+            chat = pb.Check(name="chat-login", url="xmpp://probe@xmpp.test",
+                            password_ref=self.password_ref)
+            chat.interval.FromNanoseconds(100_000_000)
+            upsert.append(chat)
+        yield pb.ConnectResponse(checks=pb.CheckUpdate(full=True, upsert=upsert))
         async for msg in requests:
             self.batches.append(list(msg.results.results))
             self.arrived.set()
@@ -147,3 +160,57 @@ async def test_a_lost_spool_continues_after_what_the_collector_has(tmp_path: Pat
         await r.until(lambda: len(r.seqs()) >= 3)
         # Seqs at or below 1000 would be taken for replays and dropped as duplicates.
         assert r.seqs()[:3] == [1001, 1002, 1003]
+
+
+async def test_a_check_needing_a_password_the_agent_lacks_is_refused_visibly(
+    tmp_path: Path,
+) -> None:
+    async with rig(tmp_path, Stub(last_processed=0, max_batch=100, password_ref="chat"),
+                   spooled=0) as r:
+        await r.until(lambda: len(r.seqs()) >= 3)
+        assert {b.check for batch in r.stub.batches for b in batch} == {"assigned"}
+        assert r.uplink.scheduler.count(ASSIGNED) == 1
+        assert set(r.uplink.refused) == {"chat-login"}
+        text = health_text(r.uplink)
+        assert text.startswith("ok: connected to the collector as stubbed\n")
+        assert ("refused check 'chat-login': it needs the password 'chat', which this agent's "
+                "config does not define under passwords:") in text
+        metrics = {m.name: m.samples[0].value for m in AgentMetrics(
+            r.spool, r.uplink.scheduler, r.uplink).collect()}
+        assert metrics["loginprobe_agent_checks_refused"] == 1
+        assert metrics["loginprobe_agent_uplink_down_seconds"] == 0
+
+
+async def test_a_collector_that_is_away_is_said_with_how_long_and_why(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, "loginprobe.agent.uplink")
+    cfg = AgentConfig.model_validate({
+        "collector": {"address": f"127.0.0.1:{closed_port()}", "plaintext": True},
+        "spool": {"path": str(tmp_path / "spool.db")},
+    })
+    spool = Spool(cfg.spool.path, cfg.spool.max_bytes, cfg.spool.max_age)
+    await spool.open()
+    scheduler = Scheduler(lambda r: spool.append(partial(encode, r)),
+                          ProbePath.from_config(cfg), concurrency=1)
+    # A backoff at its cap at once, so the test sees the repeated warning in a second.
+    uplink = Uplink(cfg, spool, scheduler, backoff=Backoff(base=0.05, cap=0.05))
+    uplink_module.OUTAGE_WARN_INTERVAL = 0.3
+    task = asyncio.create_task(uplink.run())
+    try:
+        await asyncio.sleep(1.0)
+        text = health_text(uplink)
+        assert text.startswith("ok: not connected to the collector for ")
+        assert "UNAVAILABLE" in text and "0 results wait in the spool" in text
+        assert 0.9 <= uplink.down_seconds < 5
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        # The first failure, then again while at the cap, rate-limited: not every retry.
+        retries = [r for r in caplog.records if "reconnecting" in r.getMessage()]
+        assert 2 <= len(warnings) <= 5 < len(retries), [r.getMessage() for r in warnings]
+        assert "not connected for" in warnings[-1].getMessage()
+    finally:
+        uplink_module.OUTAGE_WARN_INTERVAL = 60.0
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await scheduler.stop()
+        await spool.close()

@@ -28,6 +28,11 @@ class Backoff:
         self.attempt += 1
         return ceiling * self._rand()
 
+    @property
+    def at_cap(self) -> bool:
+        """Whether the next delay's ceiling is the cap: the outage has gone on a while."""
+        return self.base * 2.0 ** min(self.attempt, 60) >= self.cap
+
     def reset(self) -> None:
         """After a successful connection the next failure starts from base again."""
         self.attempt = 0

@@ -257,5 +257,11 @@ class AgentConfig(Strict):
 
 
 def load_config(path: str | Path) -> AgentConfig:
-    """Parse and validate the agent's config file, or raise ConfigError naming FILE:LINE."""
-    return load(path, AgentConfig)
+    """Parse and validate the agent's config file, or raise ConfigError naming FILE:LINE. A
+    relative spool path is taken from the config file's folder, wherever the agent was
+    started: the spool stays beside the config that named it."""
+    cfg = load(path, AgentConfig)
+    if cfg.spool.path.is_absolute():
+        return cfg
+    spool = cfg.spool.model_copy(update={"path": Path(path).parent.resolve() / cfg.spool.path})
+    return cfg.model_copy(update={"spool": spool})

@@ -37,6 +37,18 @@ class AgentMetrics(Collector):
             value=int(self.uplink.connected),
         )
         yield GaugeMetricFamily(
+            "loginprobe_agent_uplink_down_seconds",
+            "Seconds since the stream to the collector was last up (since the start if it "
+            "never was); 0 while connected.",
+            value=self.uplink.down_seconds,
+        )
+        yield GaugeMetricFamily(
+            "loginprobe_agent_checks_refused",
+            "Assigned checks this agent refused (a password it does not have, a URL it "
+            "cannot probe); /healthz says why.",
+            value=len(self.uplink.refused),
+        )
+        yield GaugeMetricFamily(
             "loginprobe_agent_spool_results", "Results spooled and not yet acknowledged.",
             value=spool.depth,
         )
@@ -85,6 +97,21 @@ class AgentMetrics(Collector):
         )
 
 
+def health_text(uplink: Uplink) -> str:
+    """/healthz: always 200 while the agent runs, since a restart would not bring a lost
+    collector back (results wait in the spool) and a Kubernetes liveness probe must not
+    loop on it; the text says how long the collector has been away and why, and which
+    assigned checks were refused. Alert on loginprobe_agent_uplink_down_seconds."""
+    if uplink.connected:
+        lines = [f"ok: connected to the collector as {uplink.agent_id}"]
+    else:
+        lines = [f"ok: not connected to the collector for {uplink.down_seconds:.0f}s: "
+                 f"{uplink.last_error}; {uplink.spool.depth} results wait in the spool"]
+    for name, why in sorted(uplink.refused.items()):
+        lines.append(f"refused check {name!r}: {why}")
+    return "\n".join(lines) + "\n"
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
@@ -103,9 +130,7 @@ def serve(address: str, registry: CollectorRegistry, uplink: Uplink) -> Threadin
             if path == "/metrics":
                 body, ctype, status = generate_latest(registry), CONTENT_TYPE_LATEST, 200
             elif path == "/healthz":
-                state = (f"connected to the collector as {uplink.agent_id}"
-                         if uplink.connected else "not connected to the collector")
-                body, ctype, status = f"ok: {state}\n".encode(), "text/plain", 200
+                body, ctype, status = health_text(uplink).encode(), "text/plain", 200
             else:
                 body, ctype, status = b"not found: try /metrics or /healthz\n", "text/plain", 404
             self.send_response(status)

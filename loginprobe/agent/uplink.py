@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from dataclasses import replace
 
@@ -38,6 +39,7 @@ FATAL = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
 CAPABILITIES = ["checks", "clock_offset"]
 DEFAULT_MAX_BATCH = 500
 MAX_BATCH_BYTES = 1 << 20  # well under gRPC's default 4 MiB message limit
+OUTAGE_WARN_INTERVAL = 60.0  # seconds between warnings that the collector is still away
 
 
 class FatalError(Exception):
@@ -72,6 +74,10 @@ class Uplink:
         self.hello_timeout = hello_timeout
         self.connected = False
         self.agent_id = ""  # who the collector says we are, from our credential
+        self.down_since = time.monotonic()  # while not connected: since when
+        self.last_error = "not connected yet"  # why the last stream ended or failed
+        self.refused: dict[str, str] = {}  # assigned checks that cannot run here: why
+        self._warned_at = -math.inf
         self._acked = asyncio.Event()  # set on every ack, for drain()
 
     async def run(self) -> None:
@@ -92,12 +98,30 @@ class Uplink:
             except (SessionError, OSError, TimeoutError, asyncio.InvalidStateError) as exc:
                 why = str(exc) or type(exc).__name__
             finally:
+                if self.connected:
+                    self.down_since = time.monotonic()
                 self.connected = False
-            # The first failure of an outage is news; the next hundred retries are not.
-            level = logging.WARNING if self.backoff.attempt == 0 else logging.DEBUG
+            self.last_error = why
+            # The first failure of an outage is news; so is an outage that goes on, said
+            # again each time the backoff is at its cap, at most once a minute.
+            now = time.monotonic()
+            first = self.backoff.attempt == 0
+            again = self.backoff.at_cap and now - self._warned_at >= OUTAGE_WARN_INTERVAL
             delay = self.backoff.delay()
-            log.log(level, "collector %s: %s; reconnecting in %.1fs", address, why, delay)
+            if first or again:
+                self._warned_at = now
+                log.warning("collector %s: %s; not connected for %.0fs, %d results wait in the "
+                            "spool; reconnecting in %.1fs", address, why, now - self.down_since,
+                            self.spool.depth, delay)
+            else:
+                log.debug("collector %s: %s; reconnecting in %.1fs", address, why, delay)
             await asyncio.sleep(delay)
+
+    @property
+    def down_seconds(self) -> float:
+        """How long the stream has been down (since the start, if it never was up); 0 while
+        connected."""
+        return 0.0 if self.connected else time.monotonic() - self.down_since
 
     async def drain(self) -> None:
         """Until the collector has acknowledged everything spooled (or the stream is down):
@@ -174,6 +198,7 @@ class Uplink:
         self.agent_id = w.agent_id
         self.connected = True
         self.backoff.reset()
+        self.last_error = ""
         log.info(
             "connected to the collector at %s as %s in %.0f ms; clock offset %+.3fs; "
             "%d results to replay", self.cfg.collector.address, w.agent_id,
@@ -218,25 +243,33 @@ class Uplink:
 
     def _apply(self, update: pb.CheckUpdate) -> None:
         specs = []
+        if update.full:
+            self.refused.clear()
+        for name in update.remove:
+            self.refused.pop(name, None)
         for check in update.upsert:
             try:
                 specs.append(self._spec(check))
+                self.refused.pop(check.name, None)
             except ValueError as exc:
-                log.error("assigned check %r cannot run here: %s", check.name, exc)
+                # Refused, and said in /healthz and loginprobe_agent_checks_refused: a
+                # check that cannot log in would only report this agent's gap as a failure.
+                self.refused[check.name] = str(exc)
+                log.error("assigned check %r cannot run here, refused: %s", check.name, exc)
         if update.full:
             self.scheduler.replace(ASSIGNED, specs)
         else:
             self.scheduler.upsert(ASSIGNED, specs)
-            self.scheduler.remove(ASSIGNED, update.remove)
+            self.scheduler.remove(ASSIGNED, [*update.remove, *self.refused])
 
     def _spec(self, check: pb.Check) -> CheckSpec:
         password = None
         if check.password_ref:
             password = self.cfg.passwords.get(check.password_ref)
-            if password is None:  # run it anyway: the failed login makes the gap visible
-                log.error(
-                    "assigned check %r needs the password %r, which this agent's config does "
-                    "not define under passwords:", check.name, check.password_ref,
+            if password is None:
+                raise ValueError(
+                    f"it needs the password {check.password_ref!r}, which this agent's config "
+                    "does not define under passwords:"
                 )
         return CheckSpec.build(
             check.name, check.url, check.interval.ToNanoseconds() / 1e9,
