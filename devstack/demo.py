@@ -39,22 +39,29 @@ INTERVAL = "10s"  # 30 attempts per agent in 5m: enough for the alert's 10, ligh
 
 def walkthrough(g: Servers, loginprobe: str) -> None:
     """`loginprobe check` against each server: good logins, then the classic failures."""
+    # The passwords in files, so that each command printed is the whole command, ready to
+    # copy and run again while the servers are up, with no secret on the screen.
+    right, wrong = g.tmpdir / "alice.password", g.tmpdir / "wrong.password"
+    for path, text in ((right, g.password), (wrong, "not-the-password")):
+        path.write_text(text + "\n", encoding="utf-8")
+        path.chmod(0o600)
     common = ["--resolver", g.resolver, "--ca-file", str(g.ca_file)]
-    env = {**os.environ, PASSWORD_ENV: g.password, "WRONG_PW": "not-the-password"}
     cases = [
         ("XMPP STARTTLS via SRV", ["xmpp://alice@xmpp.test"]),
         ("XMPP direct TLS", ["xmpps://alice@xmpp.test"]),
         ("MQTT 5 over TLS", [f"mqtts://alice@mqtt.test:{g.mqtts_port}?version=5"]),
         ("HTTPS JSON login", [f"https://alice@http.test:{g.https_port}/api/login?auth=json"]),
-        ("wrong password", ["xmpp://alice@xmpp.test", "--password-env", "WRONG_PW"]),
+        ("wrong password", ["xmpp://alice@xmpp.test", "--password-file", str(wrong)]),
         ("expired certificate", [f"mqtts://alice@mqtt.test:{g.mqtts_expired_port}"]),
         ("name does not exist", ["xmpp://alice@nosuch.test"]),
         ("port speaks another protocol", [f"xmpp://alice@xmpp.test:{g.http_port}"]),
     ]
     for title, args in cases:
+        if "--password-file" not in args:
+            args = [*args, "--password-file", str(right)]
         argv = [loginprobe, "check", *args, *common]
-        print(f"\n== {title}\n$ loginprobe check {shlex.join(args)} ...", flush=True)
-        subprocess.run(argv, env=env, check=False, timeout=30)
+        print(f"\n== {title}\n$ {shlex.join(argv)}", flush=True)
+        subprocess.run(argv, check=False, timeout=30)
 
 
 def connected(agent: Agent) -> bool:

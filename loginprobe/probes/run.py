@@ -43,12 +43,13 @@ async def run_check(
 ) -> Result:
     """One login attempt against target within options.timeout; never raises for a failing
     target."""
+    probe = probe_for(target.protocol)  # imported before the clock starts, not inside it
     attempt = Attempt(target, options, clock)
     reason, message = Reason.OK, BY_NAME[target.protocol].done
     try:
         try:
             async with asyncio.timeout(options.timeout):
-                await probe_for(target.protocol)(attempt)
+                await probe(attempt)
         except ProbeFailure as failure:
             reason, message = failure.reason, failure.message
         except TimeoutError:
