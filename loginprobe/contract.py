@@ -3,6 +3,7 @@ phase names, network types and result values (CONTRACT.md sections 2-4 and 6).""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal, get_args
 
@@ -64,6 +65,10 @@ class Reason(StrEnum):
     @property
     def hint(self) -> str:
         return _INFO[self][1]
+
+    @property
+    def meaning(self) -> str:
+        return _MEANINGS[self]
 
 
 _INFO: dict[Reason, tuple[Step, str]] = {
@@ -201,3 +206,88 @@ _INFO: dict[Reason, tuple[Step, str]] = {
         "A bug in loginprobe: please report it with the traceback from the log.",
     ),
 }
+
+
+# What each reason means (CONTRACT.md section 3), as docs/CONTRACT.md shows it.
+_MEANINGS: dict[Reason, str] = {
+    Reason.OK: "logged in",
+    Reason.DNS_NXDOMAIN: "the name does not exist",
+    Reason.DNS_NO_ANSWER: "the name exists but has no usable address record",
+    Reason.DNS_SERVFAIL: "the resolver answered SERVFAIL or REFUSED",
+    Reason.DNS_TIMEOUT: "no DNS answer before the deadline",
+    Reason.TCP_REFUSED: "connection refused (RST): nothing listens, or a firewall rejects",
+    Reason.TCP_TIMEOUT: "no answer to the SYN: packets dropped, filtered port",
+    Reason.TCP_UNREACHABLE: "ICMP unreachable / no route",
+    Reason.TCP_RESET: "the connection was reset after it was established",
+    Reason.TLS_TIMEOUT: "the TLS handshake did not finish before the deadline",
+    Reason.TLS_CERT_UNTRUSTED: "the chain does not lead to a trusted CA (self-signed, unknown CA)",
+    Reason.TLS_CERT_EXPIRED: "the certificate is expired or not yet valid",
+    Reason.TLS_HOSTNAME_MISMATCH: "the certificate does not cover the name that was asked for",
+    Reason.TLS_VERSION_MISMATCH: "no common TLS version or cipher",
+    Reason.TLS_HANDSHAKE_FAILED: "any other TLS failure",
+    Reason.STARTTLS_UNAVAILABLE: "the server did not offer STARTTLS where it is required",
+    Reason.PROTOCOL_MISMATCH: (
+        "the port speaks another protocol (e.g. HTTP where XMPP was expected)"
+    ),
+    Reason.AUTH_REJECTED: "the server refused the credentials",
+    Reason.AUTH_NOT_AUTHORIZED: (
+        "credentials accepted but the account may not log in (banned, no permission)"
+    ),
+    Reason.AUTH_MECHANISM_UNSUPPORTED: "no common authentication mechanism",
+    Reason.SERVER_UNAVAILABLE: (
+        "the server said it cannot serve now (MQTT 3/0x88, HTTP 503, XMPP stream error)"
+    ),
+    Reason.SERVER_ERROR: "the server failed (HTTP 5xx other than 503, internal-server-error)",
+    Reason.LOGIN_TIMEOUT: "connected, but the login exchange did not finish before the deadline",
+    Reason.PROTOCOL_ERROR: "the server sent something malformed or unexpected",
+    Reason.KEEPALIVE_TIMEOUT: "a held session's keepalives went unanswered (sessions only)",
+    Reason.SESSION_CLOSED: (
+        "the server closed an established session without giving a reason (sessions only)"
+    ),
+    Reason.TIMEOUT: "the deadline passed and no single phase is to blame",
+    Reason.INTERNAL_ERROR: "a bug in the prober: always logged with a traceback",
+}
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A metric of the contract: its name, type (with what it measures) and labels."""
+
+    name: str
+    kind: str
+    section: int  # of the contract: 4 the results and the fleet, 6 sessions
+    labels: tuple[str, ...]
+
+
+# The collector"s metrics (CONTRACT.md sections 4 and 6): names and label sets are closed.
+METRICS: tuple[Metric, ...] = (
+    Metric("loginprobe_attempts_total", "counter", 4,
+           ("check", "protocol", "target", "agent", "region", "carrier", "network_type", "result",
+            "reason")),
+    Metric("loginprobe_success", "gauge, 1/0 for the latest attempt", 4,
+           ("check", "protocol", "target", "agent", "region", "carrier", "network_type")),
+    Metric("loginprobe_phase_duration_seconds", "histogram", 4,
+           ("check", "protocol", "target", "region", "carrier", "network_type", "phase")),
+    Metric("loginprobe_duration_seconds", "histogram, whole attempt", 4,
+           ("check", "protocol", "target", "region", "carrier", "network_type")),
+    Metric("loginprobe_tls_cert_not_after_timestamp_seconds", "gauge", 4,
+           ("check", "target", "agent")),
+    Metric("loginprobe_agent_connected", "gauge 1/0", 4,
+           ("agent", "region", "carrier", "network_type")),
+    Metric("loginprobe_agent_last_result_timestamp_seconds", "gauge", 4,
+           ("agent",)),
+    Metric("loginprobe_collector_results_received_total", "counter", 4,
+           ("agent",)),
+    Metric("loginprobe_collector_results_duplicate_total", "counter", 4,
+           ("agent",)),
+    Metric("loginprobe_collector_results_rejected_total", "counter", 4,
+           ("reason",)),
+    Metric("loginprobe_session_up", "gauge 1/0", 6,
+           ("check", "protocol", "target", "agent", "region", "carrier", "network_type")),
+    Metric("loginprobe_session_drops_total", "counter", 6,
+           ("check", "protocol", "target", "agent", "region", "carrier", "network_type", "reason")),
+    Metric("loginprobe_session_reconnect_duration_seconds", "histogram, drop to logged in again", 6,
+           ("check", "protocol", "target", "region", "carrier", "network_type")),
+    Metric("loginprobe_keepalive_rtt_seconds", "histogram", 6,
+           ("check", "protocol", "target", "region", "carrier", "network_type")),
+)
