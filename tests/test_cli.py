@@ -169,3 +169,19 @@ def test_password_file_is_read_and_never_printed(tmp_path: Path) -> None:
     )
     assert proc.returncode == 1
     assert SECRET not in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("collector:\n  address: c.example:7443\n  token_env: NO_SUCH_TOKEN_VAR_X\n"
+     "spool: {path: x.db}\n",
+     ":3: collector.token_env: the environment variable NO_SUCH_TOKEN_VAR_X is not set"),
+    ("collector:\n  address: c.example:7443\n  tokn_env: X\nspool: {path: x.db}\n",
+     ":3: collector.tokn_env: unknown key 'tokn_env': did you mean 'token_env'?"),
+])
+def test_an_agent_config_error_is_one_line_of_the_key_the_file_has(
+        tmp_path: Path, text: str, expected: str) -> None:
+    config = tmp_path / "agent.yaml"
+    config.write_text(text)
+    proc = loginprobe("agent", "--config", str(config))
+    assert proc.returncode == 2
+    assert proc.stderr == f"loginprobe agent: {config}{expected}\n"
