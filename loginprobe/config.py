@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import os
 import re
 import ssl
 from pathlib import Path
@@ -132,6 +133,7 @@ def load(path: str | Path, model: type[M]) -> M:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from None
+    text = _expand(path, text)
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data: Any = yaml.safe_load(text)
@@ -160,6 +162,33 @@ def load(path: str | Path, model: type[M]) -> M:
             field = ".".join(str(p) for p in loc) or "(top level)"
             problems.append(f"{path}:{line or 1}: {field}: {_words(err, model)}")
         raise ConfigError("\n".join(dict.fromkeys(problems))) from None
+
+
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand(path: Path, text: str) -> str:
+    """${NAME} and ${NAME:-default} from the environment, so one file (a ConfigMap, a
+    packaged default) serves every site: what differs per site comes from its environment.
+    $$ stands for a literal $. Comments are left alone."""
+    lines = []
+    for number, line in enumerate(text.splitlines(keepends=True), 1):
+        if line.lstrip().startswith("#"):
+            lines.append(line)
+            continue
+
+        def value(m: re.Match[str], number: int = number) -> str:
+            name, default = m[1], m[2]
+            found = os.environ.get(name)
+            if found is None or (found == "" and default is not None):
+                if default is None:
+                    raise ConfigError(f"{path}:{number}: ${{{name}}}: the environment variable "
+                                      f"{name} is not set (or write ${{{name}:-default}})")
+                return default
+            return found
+
+        lines.append(_VARIABLE.sub(value, line.replace("$$", "\0")).replace("\0", "$"))
+    return "".join(lines)
 
 
 def _in_file(node: yaml.Node | None, loc: tuple[int | str, ...]) -> bool:

@@ -334,3 +334,25 @@ def test_config_errors_name_the_key_the_file_has(tmp_path: Path, text: str,
         assert words in line, message
     for leak in ("Value error", "Input should", "Extra inputs", "plaintext"):
         assert leak not in message
+
+
+def test_environment_variables_fill_in_what_differs_per_site(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LP_COLLECTOR", "collector.eu.example:7443")
+    monkeypatch.setenv("LP_REGION", "eu-west")
+    monkeypatch.setenv("LP_EMPTY", "")
+    monkeypatch.setenv("LOGINPROBE_AGENT_TOKEN", "x")
+    monkeypatch.delenv("LP_CARRIER", raising=False)
+    text = ("# ${NOT_EXPANDED_IN_A_COMMENT}\n"
+            "collector: {address: '${LP_COLLECTOR}', token_env: LOGINPROBE_AGENT_TOKEN}\n"
+            "labels: {region: '${LP_REGION}', carrier: '${LP_CARRIER:-unknown-carrier}',\n"
+            "         network_type: '${LP_EMPTY:-wired}', note: 'costs $$5'}\n"
+            "spool: {path: x.db}\n")
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.collector.address == "collector.eu.example:7443"
+    assert cfg.labels.as_dict() == {"region": "eu-west", "carrier": "unknown-carrier",
+                                    "network_type": "wired", "note": "costs $5"}
+    message = refused(tmp_path, text.replace("LP_REGION", "LP_NO_SUCH_VAR"))
+    assert message.endswith(":3: ${LP_NO_SUCH_VAR}: the environment variable LP_NO_SUCH_VAR "
+                            "is not set (or write ${LP_NO_SUCH_VAR:-default})")
