@@ -391,6 +391,11 @@ def serve_metrics(
         registry.register(collector)
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        if environ.get("PATH_INFO") == "/healthz":
+            # For container and Kubernetes probes: plain HTTP, where the gRPC port's health
+            # service would need the collector's TLS settings in every probe.
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"ok: serving\n"]
         encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
         openmetrics = content_type.startswith("application/openmetrics-text")
         body = encoder(registry)
