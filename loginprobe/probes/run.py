@@ -43,7 +43,13 @@ async def run_check(
 ) -> Result:
     """One login attempt against target within options.timeout; never raises for a failing
     target."""
-    probe = probe_for(target.protocol)  # imported before the clock starts, not inside it
+    try:
+        probe = probe_for(target.protocol)  # imported before the clock starts, not inside it
+    except Exception:  # a broken install must still yield Results that say so
+        log.exception("cannot load the probe of %s", target.protocol)
+
+        async def probe(attempt: Attempt) -> None:
+            raise RuntimeError(f"the {target.protocol} probe cannot be loaded")
     attempt = Attempt(target, options, clock)
     reason, message = Reason.OK, BY_NAME[target.protocol].done
     try:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import aioping
-
 from loginprobe.probes.attempt import Attempt
 
 PING_BUDGET_S = 1.0
@@ -14,6 +12,10 @@ async def ping(attempt: Attempt, address: str) -> None:
     budget = min(PING_BUDGET_S, attempt.options.timeout / 4)
     with attempt.phase("ping") as phase:
         try:
+            # Imported here: aioping reads /etc/protocols at import, which a minimal image
+            # may lack, and that must cost the ping phase only, never the probes.
+            import aioping
+
             delay = await aioping.ping(address, timeout=budget)
         except PermissionError:
             phase.skipped = True
