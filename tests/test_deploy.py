@@ -234,3 +234,46 @@ def test_kube_play_runs_a_collector_and_two_region_agents(
     left = _podman("ps", "-a", "--format", "{{.Names}}").stdout + _podman(
         "pod", "ps", "--format", "{{.Name}}").stdout
     assert not any(name in left for name in names), left
+
+
+@pytest.mark.parametrize("unit", ["loginprobe-agent.service", "loginprobe-collector.service"])
+def test_systemd_units_verify_and_stay_hardened(unit: str, tmp_path: Path) -> None:
+    # The units name /usr/local/bin/loginprobe, where `pip install loginprobe` puts it;
+    # verify wants the binary to exist, so the copy checked names this checkout's.
+    text = (ROOT / "deploy" / "systemd" / unit).read_text()
+    binary = shutil.which("loginprobe") or str(ROOT / ".venv" / "bin" / "loginprobe")
+    (tmp_path / unit).write_text(text.replace("/usr/local/bin/loginprobe", binary))
+    verify = subprocess.run(["systemd-analyze", "verify", str(tmp_path / unit)],
+                            capture_output=True, text=True, timeout=60)
+    assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
+    security = subprocess.run(["systemd-analyze", "security", "--offline=yes",
+                               str(tmp_path / unit)], capture_output=True, text=True,
+                              timeout=60)
+    score = float(security.stdout.split("Overall exposure level for")[1].split(":")[1].split()[0])
+    assert score <= 2.0, security.stdout[-2000:]
+    assert "ProtectSystem=strict" in text and "NoNewPrivileges=yes" in text
+    capabilities = "CAP_NET_RAW" if unit.startswith("loginprobe-agent") else ""
+    assert f"CapabilityBoundingSet={capabilities}\n" in text
+
+
+def test_the_image_says_what_is_missing_or_read_only(image: str, tmp_path: Path) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["podman", "run", "--rm", "--read-only", "--network=host",
+                               *args], capture_output=True, text=True, timeout=120)
+
+    missing = run(image)  # the default command, no config mounted
+    assert missing.returncode == 2, missing.stderr
+    assert missing.stderr.strip().endswith("loginprobe agent: /etc/loginprobe/config/agent.yaml: "
+                                           "cannot read the config file (No such file or "
+                                           "directory)")
+    (tmp_path / "config").mkdir()
+    (tmp_path / "spool").mkdir()
+    (tmp_path / "config" / "agent.yaml").write_text(
+        f"collector: {{address: '127.0.0.1:{free_port()}', plaintext: true}}\n"
+        "spool: {path: /var/lib/loginprobe/agent-spool.db}\nlisten: null\n")
+    read_only = run("-v", f"{tmp_path / 'config'}:/etc/loginprobe/config:ro",
+                    "-v", f"{tmp_path / 'spool'}:/var/lib/loginprobe:ro", image)
+    assert read_only.returncode == 1, read_only.stderr
+    assert "loginprobe agent: cannot open the spool /var/lib/loginprobe/agent-spool.db" in \
+        read_only.stderr and "a volume mounted read-write" in read_only.stderr
+    assert "Traceback" not in missing.stderr + read_only.stderr

@@ -34,6 +34,12 @@ def _is_full(exc: sqlite3.Error) -> bool:
     return "database or disk is full" in str(exc)
 
 
+# What to do when the spool cannot be written: the agent will not run without one, since
+# every result it measured would be lost.
+_WRITABLE = ("give the agent a folder it can write (spool.path in its config; a volume "
+             "mounted read-write in a container)")
+
+
 class SpoolError(Exception):
     """The spool cannot be opened; the message is one sentence for the operator."""
 
@@ -105,7 +111,10 @@ class Spool:
         except OSError as exc:
             raise SpoolError(f"cannot create the spool's folder {self.path.parent}: "
                              f"{exc.strerror}") from None
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except sqlite3.OperationalError as exc:
+            raise SpoolError(f"cannot open the spool {self.path} ({exc}): {_WRITABLE}") from None
         try:
             # One agent per spool: two would hand out the same sequence numbers. EXCLUSIVE
             # locking holds the file lock from the first write until close.
@@ -123,6 +132,8 @@ class Spool:
             db.close()
             if "locked" in str(exc):
                 raise SpoolError(f"the spool {self.path} is in use by another agent") from None
+            if "readonly" in str(exc) or "read-only" in str(exc):
+                raise SpoolError(f"the spool {self.path} is read-only: {_WRITABLE}") from None
             raise SpoolError(f"cannot open the spool {self.path}: {exc}") from None
         self._db = db
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
