@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-import dns._asyncbackend
-import dns._asyncio_backend
+import dns.asyncbackend
 import dns.asyncresolver
 import dns.exception
 import dns.rdatatype
@@ -19,6 +19,8 @@ import dns.rrset
 from loginprobe.contract import Reason
 from loginprobe.probes.attempt import Attempt, ProbeFailure
 from loginprobe.result import DNSInfo
+
+T = TypeVar("T")
 
 HOSTS_FILE = Path("/etc/hosts")
 
@@ -38,21 +40,78 @@ def _hosts_lookup(name: str) -> list[str]:
     return found
 
 
-class _BoundBackend(dns._asyncio_backend.Backend):
-    """dnspython's asyncio backend with its sockets bound to one interface: a path's DNS
-    queries (a carrier's resolver often answers its own customers only) must leave by that
-    path too, not by the default route. dnspython has no option for this; its own socket
-    wrappers are reused so that only socket creation differs."""
+async def _within(awaitable: Awaitable[T], timeout: float | None) -> T:  # noqa: ASYNC109 (dnspython's signature)
+    """dnspython's contract for its sockets: a timeout is dns.exception.Timeout."""
+    if timeout is None:
+        return await awaitable
+    try:
+        return await asyncio.wait_for(awaitable, timeout)
+    except TimeoutError:
+        raise dns.exception.Timeout(timeout=timeout) from None  # type: ignore[no-untyped-call]
+
+
+class _BoundDatagram(dns.asyncbackend.DatagramSocket):
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(sock.family, socket.SOCK_DGRAM)
+        self.sock = sock
+
+    async def sendto(self, what: bytes, destination: Any, timeout: float | None) -> int:  # noqa: ASYNC109 (dnspython's signature)
+        loop = asyncio.get_running_loop()
+        await _within(loop.sock_sendto(self.sock, what, destination), timeout)
+        return len(what)
+
+    async def recvfrom(self, size: int, timeout: float | None) -> tuple[bytes, Any]:  # noqa: ASYNC109 (dnspython's signature)
+        loop = asyncio.get_running_loop()
+        return await _within(loop.sock_recvfrom(self.sock, size), timeout)
+
+    async def close(self) -> None:
+        self.sock.close()
+
+    async def getpeername(self) -> Any:
+        return self.sock.getpeername()
+
+    async def getsockname(self) -> Any:
+        return self.sock.getsockname()
+
+
+class _BoundStream(dns.asyncbackend.StreamSocket):
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(sock.family, socket.SOCK_STREAM)
+        self.sock = sock
+
+    async def sendall(self, what: bytes, timeout: float | None) -> None:  # noqa: ASYNC109 (dnspython's signature)
+        await _within(asyncio.get_running_loop().sock_sendall(self.sock, what), timeout)
+
+    async def recv(self, size: int, timeout: float | None) -> bytes:  # noqa: ASYNC109 (dnspython's signature)
+        return await _within(asyncio.get_running_loop().sock_recv(self.sock, size), timeout)
+
+    async def close(self) -> None:
+        self.sock.close()
+
+    async def getpeername(self) -> Any:
+        return self.sock.getpeername()
+
+    async def getsockname(self) -> Any:
+        return self.sock.getsockname()
+
+
+class _BoundBackend(dns.asyncbackend.Backend):
+    """dnspython's async I/O on sockets bound to one interface: a path's DNS queries (a
+    carrier's resolver often answers its own customers only) must leave by that path too,
+    not by the default route. dnspython has no option for this; its public Backend and
+    socket classes let the sockets be ours."""
 
     def __init__(self, interface: str) -> None:
-        super().__init__()
         self.interface = interface
+
+    def name(self) -> str:
+        return "asyncio"
 
     async def make_socket(
         self, af: int, socktype: int, proto: int = 0, source: Any = None,
         destination: Any = None, timeout: float | None = None,  # noqa: ASYNC109 (dnspython's)
         *_: Any, **__: Any,
-    ) -> dns._asyncbackend.Socket:
+    ) -> dns.asyncbackend.Socket:
         sock = socket.socket(af, socktype, proto)
         try:
             sock.setsockopt(
@@ -61,27 +120,25 @@ class _BoundBackend(dns._asyncio_backend.Backend):
             sock.setblocking(False)
             if source:
                 sock.bind(source)
-            loop = asyncio.get_running_loop()
             if socktype == socket.SOCK_DGRAM:
-                transport, protocol = await loop.create_datagram_endpoint(
-                    dns._asyncio_backend._DatagramProtocol, sock=sock
-                )
-                return dns._asyncio_backend._DatagramSocket(  # type: ignore[no-untyped-call]
-                    af, transport, protocol
-                )
-            await dns._asyncio_backend._maybe_wait_for(  # type: ignore[no-untyped-call]
-                loop.sock_connect(sock, destination), timeout
-            )
-            reader, writer = await asyncio.open_connection(sock=sock)
-            return dns._asyncio_backend._StreamSocket(  # type: ignore[no-untyped-call]
-                af, reader, writer
-            )
+                return _BoundDatagram(sock)
+            await _within(asyncio.get_running_loop().sock_connect(sock, destination), timeout)
+            return _BoundStream(sock)
         except BaseException:
             sock.close()
             raise
 
+    def datagram_connection_required(self) -> bool:
+        return False
 
-def _backend(attempt: Attempt) -> dns._asyncbackend.Backend | None:
+    async def sleep(self, interval: float) -> None:
+        await asyncio.sleep(interval)
+
+    async def wait_for(self, awaitable: Awaitable[T], timeout: float) -> T:  # noqa: ASYNC109
+        return await _within(awaitable, timeout)
+
+
+def _backend(attempt: Attempt) -> dns.asyncbackend.Backend | None:
     interface = attempt.options.interface
     return _BoundBackend(interface) if interface else None
 
