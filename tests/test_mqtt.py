@@ -129,19 +129,24 @@ async def test_mqtt_against_xmpp_port_is_a_mismatch(ground: Ground) -> None:
     assert (result.reason, result.reason.step) == ("protocol_mismatch", "config")
 
 
-async def test_mqtts_against_the_plain_port_is_reset(ground: Ground) -> None:
+async def test_mqtts_against_the_plain_port_is_a_mismatch(ground: Ground) -> None:
     # mosquitto reads the ClientHello's first byte (0x16) as an invalid MQTT packet type and
     # closes with the rest unread, so the kernel answers with a reset, not with bytes that
-    # OpenSSL could call WRONG_VERSION_NUMBER.
+    # OpenSSL could call WRONG_VERSION_NUMBER. The follow-up's plaintext CONNECT gets a
+    # CONNACK: the reset is evidence of the wrong TLS mode, not of the network.
     result = await check(f"mqtts://alice@127.0.0.1:{ground.mqtt_port}", options(ground))
-    assert (result.reason, result.reason.step) == ("tcp_reset", "network")
+    assert (result.reason, result.reason.step) == ("protocol_mismatch", "config")
     assert phases(result)[-1] == ("tls", False)
+    finding = f"port {ground.mqtt_port} speaks MQTT without TLS: use mqtt://"
+    assert result.findings[0] == finding
+    assert result.hint.startswith("P" + finding[1:])
 
 
-async def test_plain_mqtt_against_the_tls_port_is_reset(ground: Ground) -> None:
+async def test_plain_mqtt_against_the_tls_port_is_a_mismatch(ground: Ground) -> None:
     result = await check(f"mqtt://alice@127.0.0.1:{ground.mqtts_port}", options(ground))
-    assert (result.reason, result.reason.step) == ("tcp_reset", "network")
+    assert (result.reason, result.reason.step) == ("protocol_mismatch", "config")
     assert phases(result)[-1] == ("login", False)
+    assert result.findings[0] == f"port {ground.mqtts_port} speaks MQTT over TLS: use mqtts://"
 
 
 # -- tcp:// and tls:// -----------------------------------------------------------------

@@ -12,8 +12,10 @@ from http import HTTPStatus
 
 from loginprobe import __version__
 from loginprobe.contract import Reason
+from loginprobe.probes import mismatch
 from loginprobe.probes.attempt import REDACTED, Attempt, Conn, ProbeFailure, printable
 from loginprobe.probes.transport import establish
+from loginprobe.target import Target
 
 # The status line and headers may not exceed this; the body is never read beyond
 # BODY_PREFIX_BYTES, and only for a failure's message.
@@ -27,13 +29,26 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 _BASIC_CHALLENGE = re.compile(r"(?:^|,)\s*basic(?:\s|,|$)", re.IGNORECASE)
 
 
+def _host_header(target: Target) -> str:
+    host = f"[{target.host}]" if ":" in target.host else target.host
+    if target.port != _DEFAULT_PORTS.get(target.scheme):
+        host += f":{target.port}"
+    return host
+
+
+def hello(target: Target) -> bytes:
+    """A credential-free request, for the follow-up that asks whether a port speaks HTTP."""
+    return (
+        f"HEAD / HTTP/1.1\r\nHost: {_host_header(target)}\r\n"
+        f"User-Agent: loginprobe/{__version__}\r\nConnection: close\r\n\r\n"
+    ).encode()
+
+
 def build_request(attempt: Attempt) -> tuple[bytes, str]:
     """The request bytes and their transcript form, with the credentials redacted."""
     target = attempt.target
     password = attempt.options.password or ""
-    host = f"[{target.host}]" if ":" in target.host else target.host
-    if target.port != _DEFAULT_PORTS.get(target.scheme):
-        host += f":{target.port}"
+    host = _host_header(target)
     method = "POST" if target.params.get("auth") == "json" else "GET"
     head = [
         f"{method} {target.path} HTTP/1.1",
@@ -76,9 +91,11 @@ async def read_head(conn: Conn) -> tuple[int, str, dict[str, str], bytes]:
                 )
             data += await conn.recv(READ_BYTES)
             if not data.startswith(b"HTTP/"[: len(data)]):
+                other = mismatch.foreign(conn.attempt, data)
                 raise ProbeFailure(
                     Reason.PROTOCOL_MISMATCH,
-                    f"the server does not speak HTTP: {printable(data, 60)!r}",
+                    f"the server does not speak HTTP: {printable(data, 60)!r}"
+                    + (f" ({other.message})" if other else ""),
                 )
             continue
         head, data = data[: end.start()], data[end.end() :]
@@ -176,13 +193,11 @@ async def probe(attempt: Attempt) -> None:
         try:
             status, phrase, headers, body = await read_head(conn)
         except ProbeFailure as failure:
-            if failure.reason is Reason.PROTOCOL_ERROR and not attempt.bytes_read:
-                # Closed without a byte: an HTTP server always answers something, even 400.
-                raise ProbeFailure(
-                    Reason.PROTOCOL_ERROR,
-                    "the server closed the connection without answering the HTTP request"
-                    " (does this port serve HTTP?)",
-                ) from None
+            if not attempt.bytes_read and failure.reason in (
+                Reason.PROTOCOL_ERROR, Reason.TCP_RESET
+            ):
+                # An HTTP server always answers something, even 400.
+                raise mismatch.hung_up(attempt, failure, "the HTTP request") from None
             raise
         reason, message = judge(status, phrase, headers, auth)
         attempt.note("*", message)

@@ -42,7 +42,7 @@ def address_family(host: str) -> socket.AddressFamily | None:
     return socket.AF_INET6 if version == 6 else socket.AF_INET
 
 
-def _socket_for(attempt: Attempt, address: str) -> socket.socket:
+def socket_for(attempt: Attempt, address: str) -> socket.socket:
     sock = socket.socket(address_family(address) or socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
@@ -70,8 +70,9 @@ async def connect_socket(attempt: Attempt, address: str, port: int) -> socket.so
     errno's reason."""
     loop = asyncio.get_running_loop()
     attempt.resolved_address = address
+    attempt.port = port
     with attempt.phase("tcp") as phase:
-        sock = _socket_for(attempt, address)
+        sock = socket_for(attempt, address)
         try:
             await loop.sock_connect(sock, (address, port))
         except BaseException as exc:
