@@ -113,14 +113,21 @@ def hung_up(attempt: Attempt, failure: ProbeFailure, opening: str) -> ProbeFailu
     )
 
 
-def suspicious(attempt: Attempt, reason: Reason) -> bool:
+def suspicious(attempt: Attempt, reason: Reason, message: str) -> bool:
     """Whether a failure fell in the TCP/TLS/first-exchange window in a way that suggests
     the wrong protocol, TLS mode or port, so that a follow-up may find out which."""
     if reason in (Reason.PROTOCOL_MISMATCH, Reason.TCP_REFUSED):
         return True
+    if reason is Reason.PROTOCOL_ERROR and message.startswith("HTTP 400"):
+        # Our request is well-formed: a 400 says it reached the wrong kind of port (nginx
+        # answers plain HTTP on its TLS port so).
+        return attempt.tls is None
     if attempt.bytes_read:
         return False  # the server spoke the protocol to us: the port is right
-    return reason in (Reason.TCP_RESET, Reason.PROTOCOL_ERROR, Reason.TLS_HANDSHAKE_FAILED)
+    if reason is Reason.TLS_HANDSHAKE_FAILED:
+        # A TLS alert is TLS spoken back; a hang-up in the handshake says nothing yet.
+        return "closed the connection" in message
+    return reason in (Reason.TCP_RESET, Reason.PROTOCOL_ERROR)
 
 
 # -- the follow-up --------------------------------------------------------------------------
@@ -230,6 +237,18 @@ def _what(answer: Answer) -> str:
     }.get(answer.kind, "answers")
 
 
+def _use(kind: str, tls: bool) -> str:
+    """Which scheme to use for a port found to speak `kind`, in that TLS mode."""
+    protocol = BY_NAME.get(kind)
+    scheme = _scheme(protocol, direct=tls) if protocol else None
+    return f": use {scheme.name}://" if scheme else ""
+
+
+def _speaks(port: int, kind: str, tls: bool) -> str:
+    over = " over TLS" if tls else ""
+    return f"port {port} speaks {_NAMES.get(kind, kind)}{over}{_use(kind, tls)}"
+
+
 async def follow_up(attempt: Attempt, reason: Reason, found: list[str]) -> bool:
     """Find out what the attempt's port speaks (or, for a refused port, which of the
     protocol's other well-known ports answers). Appends findings to `found` as they come,
@@ -247,14 +266,16 @@ async def follow_up(attempt: Attempt, reason: Reason, found: list[str]) -> bool:
     own = _hello(protocol.name, target)
     name = _NAMES.get(protocol.name, protocol.name.upper())
     if target.tls_mode != "direct":
-        # Does the port speak TLS (and our protocol inside it)?
+        # Does the port speak TLS (and what inside it)?
         answer = await exchange(attempt, address, port, own, True)
         attempt.note("*", f"follow-up: TLS ClientHello to port {port}: {_what(answer)}")
         if answer.tls:
-            inside = " " + name + " over" if sniff(answer.head) == protocol.name else ""
-            direct = _scheme(protocol, direct=True)
-            use = f": use {direct.name}://" if direct else ""
-            found.insert(0, f"port {port} speaks{inside} TLS{use}")
+            kind = sniff(answer.head)
+            if kind is not None and kind != "tls":
+                found.insert(0, _speaks(port, kind, tls=True))
+                return True
+            if not await _guess(attempt, protocol, address, port, found, tls=True):
+                found.insert(0, f"port {port} speaks TLS{_use(protocol.name, True)}")
             return True
     else:
         # Does the port speak our protocol without TLS?
@@ -263,38 +284,46 @@ async def follow_up(attempt: Attempt, reason: Reason, found: list[str]) -> bool:
         attempt.note("*", f"follow-up: plaintext {name} opening to port {port}: {_what(answer)}"
                      + (f" ({printable(answer.head, 60)!r})" if answer.head else ""))
         if kind == protocol.name:
-            plain = _scheme(protocol, direct=False)
-            use = f": use {plain.name}://" if plain else ""
-            found.insert(0, f"port {port} speaks {name} without TLS{use}")
+            found.insert(0, f"port {port} speaks {name} without TLS{_use(kind, False)}")
             return True
+        # Or TLS, with something else inside (an HTTPS port answers plaintext with HTTP 400
+        # too, so TLS is asked before the plaintext answer is believed)?
+        inside = await exchange(attempt, address, port, own, True)
+        attempt.note("*", f"follow-up: TLS ClientHello to port {port}: {_what(inside)}")
+        if inside.tls:
+            other = sniff(inside.head)
+            if other is not None and other not in ("tls", protocol.name):
+                found.insert(0, _speaks(port, other, tls=True))
+                return True
+            return await _guess(attempt, protocol, address, port, found, tls=True)
         if kind is not None and kind != "tls":
-            found.insert(0, f"port {port} speaks {describe(kind, answer.head)}, not {name}")
+            found.insert(0, _speaks(port, kind, tls=False))
             return True
-    return await _guess(attempt, protocol, address, port, found)
+    return await _guess(attempt, protocol, address, port, found, tls=False)
 
 
 async def _guess(
-    attempt: Attempt, protocol: Protocol, address: str, port: int, found: list[str]
+    attempt: Attempt, protocol: Protocol, address: str, port: int, found: list[str],
+    tls: bool,
 ) -> bool:
-    """Our openings of the other protocols, in plaintext, side by side: whichever the port
-    answers names what it speaks. The protocol whose default port this is goes first."""
+    """Our openings of the other protocols, side by side: whichever the port answers names
+    what it speaks. The protocol whose default port this is goes first."""
     others = [p for p in PROTOCOLS if p.name != protocol.name and p.logs_in]
     others.sort(key=lambda p: all(s.default_port != port for s in p.schemes))
     openings = [(p, _hello(p.name, attempt.target)) for p in others]
     tries = [(p, hello) for p, hello in openings if hello][:MAX_GUESSES]
     answers = await asyncio.gather(
-        *(exchange(attempt, address, port, hello, False) for _, hello in tries)
+        *(exchange(attempt, address, port, hello, tls) for _, hello in tries)
     )
+    over = "TLS" if tls else "plaintext"
     for (other, _), answer in zip(tries, answers, strict=True):
         kind = sniff(answer.head)
-        attempt.note("*", f"follow-up: plaintext {_NAMES.get(other.name)} opening to port "
+        attempt.note("*", f"follow-up: {over} {_NAMES.get(other.name)} opening to port "
                      f"{port}: {_what(answer)}")
         if kind is not None and kind != protocol.name and kind != "tls":
-            plain = _scheme(other, direct=False) if kind == other.name else None
-            use = f": use {plain.name}://" if plain else ""
-            found.insert(0, f"port {port} speaks {describe(kind, answer.head)}{use}")
+            found.insert(0, _speaks(port, kind, tls))
             return True
-    if all(a.kind == "reset" for a in answers) and answers:
+    if not tls and answers and all(a.kind == "reset" for a in answers):
         found.append(
             f"port {port} resets every opening, TLS or not (a firewall or proxy that resets "
             "after the handshake, or a server that refuses this client)"

@@ -39,8 +39,10 @@ _TIMEOUT_REASONS = {
 
 
 
-def _may_follow_up(attempt: Attempt, reason: Reason, options: ProbeOptions) -> bool:
-    if not options.follow_up or not mismatch.suspicious(attempt, reason):
+def _may_follow_up(
+    attempt: Attempt, reason: Reason, message: str, options: ProbeOptions
+) -> bool:
+    if not options.follow_up or not mismatch.suspicious(attempt, reason, message):
         return False
     return options.follow_up_gate is None or options.follow_up_gate()
 
@@ -71,7 +73,7 @@ async def run_check(
             reason, message = Reason.INTERNAL_ERROR, f"internal error: {type(exc).__name__}"
         # The verdict is in: closing politely afterwards is not part of the attempt.
         attempt.verdict()
-        if _may_follow_up(attempt, reason, options):
+        if _may_follow_up(attempt, reason, message, options):
             reason, message = await mismatch.investigate(attempt, reason, message)
     finally:
         for conn in attempt.conns:
