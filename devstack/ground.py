@@ -473,6 +473,14 @@ class Ground:
         """A TLS client context that trusts the ground's CA."""
         return ssl.create_default_context(cafile=str(self.ca_file))
 
+    def server_context(self) -> ssl.SSLContext:
+        """A TLS server context with the ground's valid certificate, for a fault server that
+        stands in front of a real one (devstack/fakes.py)."""
+        assert self._pki is not None
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(self._pki.valid.cert, self._pki.valid.key)
+        return ctx
+
     # unbound ------------------------------------------------------------------------
 
     def _start_unbound(self) -> None:
