@@ -22,8 +22,10 @@ FOLLOW_UP_SHARE = 0.5
 FOLLOW_UP_MAX_SECONDS = 2.0
 # Below this there is no time for a useful connection: the follow-up is skipped.
 FOLLOW_UP_MIN_SECONDS = 0.05
-# How long one follow-up connection waits for an answer once its bytes are sent.
-ANSWER_SECONDS = 0.5
+# How long one follow-up connection waits for an answer once its bytes are sent: a few of
+# the attempt's TCP round trips, within these bounds.
+ANSWER_MIN_SECONDS = 0.1
+ANSWER_MAX_SECONDS = 1.0
 # At most this many guesses at another protocol, and this many sibling ports.
 MAX_GUESSES = 3
 MAX_SIBLINGS = 3
@@ -211,7 +213,7 @@ async def exchange(
             writer.write(hello)
             await writer.drain()
         try:
-            async with asyncio.timeout(ANSWER_SECONDS):
+            async with asyncio.timeout(_answer_wait(attempt)):
                 head = await reader.read(_HEAD_BYTES)
         except TimeoutError:
             return Answer("silent", tls=tls)
@@ -220,6 +222,12 @@ async def exchange(
         return Answer("reset", tls=tls)
     finally:
         writer.transport.abort()  # nothing polite to say: these bytes were a question
+
+
+def _answer_wait(attempt: Attempt) -> float:
+    tcp = next((p for p in attempt.phases if p.name == "tcp" and p.ok), None)
+    rtt = tcp.duration_ns / 1e9 if tcp else ANSWER_MAX_SECONDS / 4
+    return min(ANSWER_MAX_SECONDS, max(ANSWER_MIN_SECONDS, 4 * rtt + ANSWER_MIN_SECONDS))
 
 
 def _port_of(scheme: Scheme | None, host: str, port: int) -> str:
@@ -277,7 +285,7 @@ async def follow_up(attempt: Attempt, reason: Reason, found: list[str]) -> bool:
             if not await _guess(attempt, protocol, address, port, found, tls=True):
                 found.insert(0, f"port {port} speaks TLS{_use(protocol.name, True)}")
             return True
-    else:
+    elif own is not None:
         # Does the port speak our protocol without TLS?
         answer = await exchange(attempt, address, port, own, False)
         kind = sniff(answer.head)
@@ -312,18 +320,29 @@ async def _guess(
     others.sort(key=lambda p: all(s.default_port != port for s in p.schemes))
     openings = [(p, _hello(p.name, attempt.target)) for p in others]
     tries = [(p, hello) for p, hello in openings if hello][:MAX_GUESSES]
-    answers = await asyncio.gather(
-        *(exchange(attempt, address, port, hello, tls) for _, hello in tries)
-    )
+
+    async def ask(other: Protocol, hello: bytes) -> tuple[Protocol, Answer]:
+        return other, await exchange(attempt, address, port, hello, tls)
+
+    # The first answer that names a protocol settles it; the rest are not waited for.
+    pending = [asyncio.ensure_future(ask(p, hello)) for p, hello in tries]
+    answers: list[Answer] = []
     over = "TLS" if tls else "plaintext"
-    for (other, _), answer in zip(tries, answers, strict=True):
-        kind = sniff(answer.head)
-        attempt.note("*", f"follow-up: {over} {_NAMES.get(other.name)} opening to port "
-                     f"{port}: {_what(answer)}")
-        if kind is not None and kind != protocol.name and kind != "tls":
-            found.insert(0, _speaks(port, kind, tls))
-            return True
-    if not tls and answers and all(a.kind == "reset" for a in answers):
+    try:
+        for next_answer in asyncio.as_completed(pending):
+            other, answer = await next_answer
+            answers.append(answer)
+            kind = sniff(answer.head)
+            attempt.note("*", f"follow-up: {over} {_NAMES.get(other.name)} opening to port "
+                         f"{port}: {_what(answer)}")
+            if kind is not None and kind != protocol.name and kind != "tls":
+                found.insert(0, _speaks(port, kind, tls))
+                return True
+    finally:
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+    if not tls and len(answers) == len(tries) > 0 and all(a.kind == "reset" for a in answers):
         found.append(
             f"port {port} resets every opening, TLS or not (a firewall or proxy that resets "
             "after the handshake, or a server that refuses this client)"
