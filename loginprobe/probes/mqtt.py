@@ -39,6 +39,9 @@ _CODES: dict[int, tuple[str, Reason]] = {
     0x84: ("Unsupported Protocol Version", Reason.PROTOCOL_MISMATCH),
     0x85: ("Client Identifier not valid", Reason.AUTH_NOT_AUTHORIZED),
     0x86: ("Bad User Name or Password", Reason.AUTH_REJECTED),
+    # Strictly "not authorized", but mosquitto answers a wrong password with it, as with 5
+    # in 3.1.1: calling it auth_not_authorized would send every such operator to the
+    # account's permissions instead of its password.
     0x87: ("Not authorized", Reason.AUTH_REJECTED),
     0x88: ("Server unavailable", Reason.SERVER_UNAVAILABLE),
     0x89: ("Server busy", Reason.SERVER_UNAVAILABLE),
@@ -53,6 +56,20 @@ _CODES: dict[int, tuple[str, Reason]] = {
     0x9C: ("Use another server", Reason.SERVER_UNAVAILABLE),
     0x9D: ("Server moved", Reason.SERVER_UNAVAILABLE),
     0x9F: ("Connection rate exceeded", Reason.SERVER_UNAVAILABLE),
+}
+
+# What to do about a code, where its reason's generic hint would not say (0x9C and 0x9D
+# name their server reference instead).
+_ADVICE: dict[int, str] = {
+    0x02: "the broker refused the client identifier: set ?client_id= to one it accepts",
+    0x85: "the broker refused the client identifier: set ?client_id= to one it accepts",
+    0x87: "a wrong password or an account without permission (mosquitto says this for both)",
+    0x89: "the broker is busy: it may be at its connection limit",
+    0x8A: "this account or client is banned on the broker",
+    0x8C: "the broker wants another authentication method (MQTT 5 enhanced authentication)",
+    0x95: "our CONNECT exceeded the broker's maximum packet size",
+    0x97: "a broker quota is exhausted (connections, messages)",
+    0x9F: "the broker limits the connection rate: checks from this address may run too often",
 }
 
 # MQTT 5 property identifiers and their value types (MQTT 5.0 section 2.2.2.2), to walk the
@@ -139,6 +156,8 @@ def _describe_code(code: int, version: str, properties: dict[int, str]) -> tuple
     if reason is Reason.PROTOCOL_MISMATCH:
         other = "5" if version == "3.1.1" else "3.1.1"
         message += f": the server does not speak MQTT {version}; try ?version={other}"
+    elif code in _ADVICE:
+        message += f": {_ADVICE[code]}"
     if _REASON_STRING in properties:
         message += f" ({properties[_REASON_STRING][:200]!r})"
     if _SERVER_REFERENCE in properties:
