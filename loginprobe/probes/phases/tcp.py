@@ -99,6 +99,10 @@ async def connect_socket(attempt: Attempt, address: str, port: int) -> socket.so
 
 async def connect(attempt: Attempt, address: str, port: int) -> Conn:
     """The tcp phase, then a stream on the connection for the protocol to talk over."""
-    sock = await connect_socket(attempt, address, port)
+    return await stream(attempt, await connect_socket(attempt, address, port))
+
+
+async def stream(attempt: Attempt, sock: socket.socket) -> Conn:
+    """A stream on a connected socket, for the protocol to talk over."""
     reader, writer = await asyncio.open_connection(sock=sock, limit=2**16)
     return Conn(attempt, reader, writer)
