@@ -543,3 +543,15 @@ async def test_bind_errors(serve_tls: Serve, condition: str, reason: Reason) -> 
     )
     result = await serve_tls(handler)
     assert_reason(result, reason, f"resource bind failed: {condition}")
+
+
+def test_saslprep_maps_and_prohibits() -> None:
+    # RFC 4013: a soft hyphen maps to nothing, a non-ASCII space to a space, compatibility
+    # forms are NFKC-normalised; control characters are prohibited, without echoing them.
+    assert xmpp._saslprep("I\u00adX") == "IX"
+    assert xmpp._saslprep("a\u00a0b") == "a b"
+    assert xmpp._saslprep("\u2168") == "IX"
+    with pytest.raises(ProbeFailure) as caught:
+        xmpp._saslprep("pw\u0007secret")
+    assert caught.value.reason is Reason.AUTH_REJECTED
+    assert "secret" not in caught.value.message

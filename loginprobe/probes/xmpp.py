@@ -9,12 +9,14 @@ import contextlib
 import hashlib
 import hmac
 import secrets
-import unicodedata
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 from xml.parsers import expat
 from xml.sax.saxutils import escape
+
+from scramp import ScramException
+from scramp.utils import saslprep
 
 from loginprobe.contract import Reason
 from loginprobe.probes import mismatch
@@ -508,8 +510,16 @@ def _client_nonce() -> str:
 
 
 def _saslprep(text: str) -> str:
-    """A small stand-in for SASLprep (RFC 4013): NFKC is the part that matters in practice."""
-    return unicodedata.normalize("NFKC", text)
+    """SASLprep (RFC 4013) of a user name or password. A prohibited character (a control
+    character, say) fails the login here, without the text in the message."""
+    try:
+        prepared: str = saslprep(text)
+    except ScramException:
+        raise ProbeFailure(
+            Reason.AUTH_REJECTED,
+            "the user name or password has a character SASLprep (RFC 4013) prohibits",
+        ) from None
+    return prepared
 
 
 def _b64decode(text: str, what: str) -> bytes:
