@@ -272,3 +272,15 @@ def test_host_header_has_the_port_only_when_not_the_default(url: str, host: str)
     assert f"\r\nHost: {host}\r\n".encode() in request
     assert FAKE_PASSWORD not in shown
     assert request.endswith(b"\r\n\r\n")
+
+
+async def test_a_chunked_error_body_is_read() -> None:
+    reply = (
+        b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+        b'10\r\n{"error": "accou\r\nb\r\nnt locked"}\r\n0\r\n\r\n'
+    )
+    async with fakes.serve(fakes.scripted(reply)) as port:
+        result = await check(f"http://alice@127.0.0.1:{port}/login", fake_options())
+    assert (result.reason, result.reason.step) == ("auth_not_authorized", "account")
+    assert result.message == 'HTTP 403 Forbidden: {"error": "account locked"}'

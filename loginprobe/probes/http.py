@@ -1,5 +1,5 @@
-"""The HTTP login probe: one hand-written HTTP/1.1 request with the credentials, judged by the
-status line alone."""
+"""The HTTP login probe: one hand-written HTTP/1.1 request with the credentials (so the
+transcript shows it redacted), its response read by h11, judged by the status line alone."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import contextlib
 import json
 import re
 from http import HTTPStatus
+
+import h11
 
 from loginprobe import __version__
 from loginprobe.contract import Reason
@@ -23,7 +25,6 @@ MAX_HEAD_BYTES = 64 * 1024
 BODY_PREFIX_BYTES = 4096
 READ_BYTES = 4096
 BODY_GRACE = 0.2  # seconds
-_HEAD_END = re.compile(rb"\r?\n\r?\n")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # A challenge starts the header or follows a comma, and is a token not followed by "=".
 _BASIC_CHALLENGE = re.compile(r"(?:^|,)\s*basic(?:\s|,|$)", re.IGNORECASE)
@@ -75,74 +76,96 @@ def build_request(attempt: Attempt) -> tuple[bytes, str]:
     return "\r\n".join(head).encode() + body, "\r\n".join(shown) + shown_body
 
 
-async def read_head(conn: Conn) -> tuple[int, str, dict[str, str], bytes]:
-    """Read up to the end of the final response's headers. Returns the status code, the
-    reason phrase, the headers (lower-case names, last one wins) and whatever part of the
-    body arrived with them."""
-    data = b""
-    interim = 0  # bytes of 1xx answers, which count against the same limit
+class Response:
+    """The server's answer as h11 reads it: status, phrase, headers (lower-case names, last
+    one wins), and the parser, which holds whatever part of the body came with them."""
+
+    def __init__(self, parser: h11.Connection, status: int, phrase: str,
+                 headers: dict[str, str]) -> None:
+        self.parser = parser
+        self.status = status
+        self.phrase = phrase
+        self.headers = headers
+
+
+def _parser_for(attempt: Attempt) -> h11.Connection:
+    """An h11 client that knows the request we sent by hand, so it reads the response to
+    it (a body or none, chunked or not) as HTTP/1.1 says."""
+    parser = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES + READ_BYTES)
+    target = attempt.target
+    post = target.params.get("auth") == "json"
+    headers = [("Host", _host_header(target)), ("Connection", "close")]
+    if post:
+        headers.append(("Content-Length", "1"))
+    parser.send(h11.Request(method="POST" if post else "GET", target=target.path or "/",
+                            headers=headers))
+    if post:
+        parser.send(h11.Data(data=b"x"))  # its length is all h11 checks
+    parser.send(h11.EndOfMessage())
+    return parser
+
+
+async def read_head(conn: Conn) -> Response:
+    """Read up to the end of the final response's headers (1xx interim answers, 100
+    Continue or 103 Early Hints, are skipped), all of it counted against MAX_HEAD_BYTES."""
+    parser = _parser_for(conn.attempt)
+    received = 0
     while True:
-        end = _HEAD_END.search(data)
-        if end is None:
-            if interim + len(data) > MAX_HEAD_BYTES:
+        try:
+            event = parser.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise ProbeFailure(
+                Reason.PROTOCOL_ERROR, f"malformed status line or headers: {exc}"
+            ) from None
+        if event is h11.NEED_DATA:
+            if received > MAX_HEAD_BYTES:
                 raise ProbeFailure(
                     Reason.PROTOCOL_ERROR,
                     f"the response headers are longer than {MAX_HEAD_BYTES} bytes",
                 )
-            data += await conn.recv(READ_BYTES)
-            if not data.startswith(b"HTTP/"[: len(data)]):
+            data = await conn.recv(READ_BYTES)
+            if received == 0 and not data.startswith(b"HTTP/"[: len(data)]):
                 other = mismatch.foreign(conn.attempt, data)
                 raise ProbeFailure(
                     Reason.PROTOCOL_MISMATCH,
                     f"the server does not speak HTTP: {printable(data, 60)!r}"
                     + (f" ({other.message})" if other else ""),
                 )
-            continue
-        head, data = data[: end.start()], data[end.end() :]
-        status, phrase, headers = _parse_head(head)
-        # 1xx are interim answers (100 Continue, 103 Early Hints); the final one follows.
-        if 100 <= status < 200 and status != 101:
-            interim += end.end()
-            continue
-        return status, phrase, headers, data
+            received += len(data)
+            parser.receive_data(data)
+        elif isinstance(event, h11.Response):
+            phrase = event.reason.decode("latin-1").strip()
+            if not phrase:
+                try:
+                    phrase = HTTPStatus(event.status_code).phrase
+                except ValueError:
+                    phrase = ""
+            headers = {
+                name.decode("latin-1"): value.decode("latin-1") for name, value in event.headers
+            }
+            return Response(parser, event.status_code, phrase, headers)
+        # An InformationalResponse (1xx): the final answer follows.
 
 
-def _parse_head(head: bytes) -> tuple[int, str, dict[str, str]]:
-    lines = head.decode("latin-1").splitlines()
-    parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not (parts[1].isdigit() and len(parts[1]) == 3):
-        raise ProbeFailure(Reason.PROTOCOL_ERROR, f"malformed status line {lines[0][:100]!r}")
-    status = int(parts[1])
-    phrase = parts[2].strip() if len(parts) == 3 else ""
-    if not phrase:
-        try:
-            phrase = HTTPStatus(status).phrase
-        except ValueError:
-            phrase = ""
-    headers = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip().lower()] = value.strip()
-    return status, phrase, headers
-
-
-async def _body_prefix(conn: Conn, headers: dict[str, str], body: bytes) -> str:
-    """A short text body (a JSON error, a plain-text reason) for a failure's message. Reads
-    on only while Content-Length says more is coming, and never past BODY_PREFIX_BYTES."""
-    kind = headers.get("content-type", "").lower()
+async def _body_prefix(conn: Conn, response: Response) -> str:
+    """A short text body (a JSON error, a plain-text reason) for a failure's message; h11
+    undoes chunked framing. Never reads past BODY_PREFIX_BYTES, nor waits past a short
+    grace: the verdict is already known, and a server that announces a body it never
+    sends must not turn it into a timeout."""
+    kind = response.headers.get("content-type", "").lower()
     if not ("json" in kind or kind.startswith("text/plain")):
         return ""  # an HTML error page says no more than the status line
-    if "chunked" in headers.get("transfer-encoding", "").lower():
-        return ""  # chunk framing would need parsing for a message's worth of text
-    length = headers.get("content-length", "")
-    want = min(int(length), BODY_PREFIX_BYTES) if length.isdigit() else len(body)
-    if len(body) < want:
-        # Only a short grace: the verdict is already known, and a server that announces a
-        # body it never sends must not turn it into a timeout.
-        with contextlib.suppress(TimeoutError, ProbeFailure):
-            body += await asyncio.wait_for(conn.recv_exactly(want - len(body)), BODY_GRACE)
-    body = body[:want]
+    body = b""
+    with contextlib.suppress(TimeoutError, ProbeFailure, h11.RemoteProtocolError):
+        async with asyncio.timeout(BODY_GRACE):
+            while len(body) < BODY_PREFIX_BYTES:
+                event = response.parser.next_event()
+                if event is h11.NEED_DATA:
+                    response.parser.receive_data(await conn.recv(READ_BYTES))
+                elif isinstance(event, h11.Data):
+                    body += bytes(event.data)
+                else:
+                    break  # the end of the body
     text = " ".join(body[:BODY_PREFIX_BYTES].decode("utf-8", "replace").split())
     return text[:200]
 
@@ -191,7 +214,7 @@ async def probe(attempt: Attempt) -> None:
         request, shown = build_request(attempt)
         await conn.send(request, shown=shown)
         try:
-            status, phrase, headers, body = await read_head(conn)
+            response = await read_head(conn)
         except ProbeFailure as failure:
             if not attempt.bytes_read and failure.reason in (
                 Reason.PROTOCOL_ERROR, Reason.TCP_RESET
@@ -199,8 +222,8 @@ async def probe(attempt: Attempt) -> None:
                 # An HTTP server always answers something, even 400.
                 raise mismatch.hung_up(attempt, failure, "the HTTP request") from None
             raise
-        reason, message = judge(status, phrase, headers, auth)
+        reason, message = judge(response.status, response.phrase, response.headers, auth)
         attempt.note("*", message)
         if reason is not Reason.OK:
-            detail = await _body_prefix(conn, headers, body)
+            detail = await _body_prefix(conn, response)
             raise ProbeFailure(reason, f"{message}: {detail}" if detail else message)
