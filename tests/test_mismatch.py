@@ -4,13 +4,18 @@ than once per check and interval), and a duration that ends at the verdict."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 from devstack import fakes, faults
 from devstack.ground import Ground
-from loginprobe.agent.scheduler import FollowUpGate
+from loginprobe.agent.config import load_config
+from loginprobe.agent.scheduler import CheckSpec, FollowUpGate
 from loginprobe.codec import Report, from_wire, to_wire
 from loginprobe.contract import Reason, Step
 from loginprobe.probes import mismatch
@@ -202,3 +207,42 @@ async def test_refused_without_siblings_says_so(ground: Ground) -> None:
     result = await check(f"tcp://127.0.0.1:{port}", options(ground))
     assert_reason(result, Reason.TCP_REFUSED, Step.NETWORK)
     assert result.findings == []  # tcp:// has no well-known ports to try
+
+
+# -- switching it off ------------------------------------------------------------------------
+
+
+def test_a_checks_follow_up_key_reaches_its_options(tmp_path: Path) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text(
+        "collector: {address: 127.0.0.1:7443, plaintext: true}\n"
+        f"spool: {{path: {tmp_path / 'spool.db'}}}\n"
+        "checks:\n"
+        "  - {name: with, url: 'tcp://127.0.0.1:9'}\n"
+        "  - {name: without, url: 'tcp://127.0.0.1:9', follow_up: false}\n",
+        encoding="utf-8",
+    )
+    on, off = (CheckSpec.from_config(c) for c in load_config(path).checks)
+    assert on.options().follow_up is True
+    assert off.options().follow_up is False
+
+
+async def test_the_cli_flag_switches_it_off(ground: Ground) -> None:
+    url = f"mqtts://alice@mqtt.test:{ground.mqtt_port}"
+    common = [url, "--resolver", ground.resolver, "--ca-file", str(ground.ca_file), "--json"]
+    shown = {}
+    for flag in ([], ["--no-follow-up"]):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "loginprobe.cli", "check", *common, *flag,
+            stdout=asyncio.subprocess.PIPE,
+            env={**os.environ, "LOGINPROBE_PASSWORD": ground.password},
+        )
+        out, _ = await proc.communicate()
+        shown[bool(flag)] = json.loads(out)
+    assert shown[False]["reason"] == "protocol_mismatch"
+    assert shown[False]["findings"] == [
+        f"port {ground.mqtt_port} speaks MQTT without TLS: use mqtt://"
+    ]
+    assert shown[False]["hint"].startswith(f"Port {ground.mqtt_port} speaks MQTT without TLS")
+    assert shown[True]["reason"] == "tcp_reset"
+    assert "findings" not in shown[True]
