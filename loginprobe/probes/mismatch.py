@@ -118,7 +118,9 @@ def hung_up(attempt: Attempt, failure: ProbeFailure, opening: str) -> ProbeFailu
 def suspicious(attempt: Attempt, reason: Reason, message: str) -> bool:
     """Whether a failure fell in the TCP/TLS/first-exchange window in a way that suggests
     the wrong protocol, TLS mode or port, so that a follow-up may find out which."""
-    if reason in (Reason.PROTOCOL_MISMATCH, Reason.TCP_REFUSED):
+    if reason is Reason.TCP_REFUSED:
+        return bool(BY_NAME[attempt.target.protocol].well_known_ports)
+    if reason is Reason.PROTOCOL_MISMATCH:
         return True
     if reason is Reason.PROTOCOL_ERROR and message.startswith("HTTP 400"):
         # Our request is well-formed: a 400 says it reached the wrong kind of port (nginx
