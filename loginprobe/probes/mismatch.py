@@ -146,15 +146,6 @@ class Answer:
     tls: bool = False  # a TLS handshake completed (or the server sent a TLS alert)
 
 
-@dataclass
-class FollowUp:
-    """The findings, the headline first, and whether they show the port speaks something
-    other than what the attempt expected."""
-
-    findings: list[str]
-    other: bool = False
-
-
 def _hello(protocol: str, target: Target) -> bytes | None:
     """The protocol's credential-free opening, from its probe module's `hello(target)`."""
     module = importlib.import_module(f"loginprobe.probes.{BY_NAME[protocol].probe}")
