@@ -100,6 +100,16 @@ async def test_a_refused_port_finds_the_sibling_that_answers(ground: Ground) -> 
     ]
 
 
+async def test_a_refused_xmpp_port_finds_direct_tls_on_5223(ground: Ground) -> None:
+    async with fakes.serve(fakes.forward(ground.xmpps_port), host="127.0.0.2", port=5223):
+        result = await check("xmpp://alice@xmpp.test:5222?host=127.0.0.2", options(ground))
+    assert_reason(result, Reason.TCP_REFUSED, Step.NETWORK)
+    assert result.findings[0] == (
+        "nothing listens on 5222, but 5223 answers XMPP over direct TLS: "
+        "use xmpps://127.0.0.2:5223"
+    )
+
+
 async def test_switched_off(ground: Ground) -> None:
     result = await check(
         f"mqtts://alice@mqtt.test:{ground.mqtt_port}", options(ground, follow_up=False)
