@@ -1,11 +1,14 @@
 """Tiny asyncio servers for the faults no real server produces: a stall, garbage, a flood,
-or a scripted exchange (a server that says something specific and then misbehaves)."""
+a scripted exchange (a server that says something specific and then misbehaves), a reset,
+and proxies in front of a real server (one that closes late, one that moves its port)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -52,6 +55,101 @@ def scripted(*replies: bytes, then: str = "stall") -> Handler:
     return handler
 
 
+async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Read the client's first bytes, then hang up with a reset (RST, not FIN)."""
+    await reader.read(65536)
+    sock = writer.get_extra_info("socket")
+    # SO_LINGER 0: close sends RST instead of FIN.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+def first_then(first: Handler, later: Handler) -> Handler:
+    """The first connection gets `first`, every later one `later` (a port that answers an
+    attempt one way and its follow-up another)."""
+    seen = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal seen
+        seen += 1
+        await (first if seen == 1 else later)(reader, writer)
+
+    return handler
+
+
+def recording(inner: Handler, log: list[bytearray]) -> Handler:
+    """`inner`, with every byte each connection sent appended to log (one entry per
+    connection, in the order they came): what a server saw, for the secret-leak tests."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen = bytearray()
+        log.append(seen)
+        tap = asyncio.StreamReader()
+
+        async def pump() -> None:
+            while data := await reader.read(65536):
+                seen.extend(data)
+                tap.feed_data(data)
+            tap.feed_eof()
+
+        task = asyncio.create_task(pump())
+        try:
+            await inner(tap, writer)
+        finally:
+            task.cancel()
+
+    return handler
+
+
+async def _pipe(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+    hold: bytes = b"", delay: float = 0.0,
+) -> None:
+    """Copy reader to writer until EOF; data that contains `hold` waits `delay` first."""
+    with contextlib.suppress(ConnectionError, ssl.SSLError):
+        while data := await reader.read(65536):
+            if hold and hold in data:
+                await asyncio.sleep(delay)
+            writer.write(data)
+            await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+
+
+def late_close(upstream_port: int, delay: float, client_tls: ssl.SSLContext | None = None,
+               server_name: str | None = None) -> Handler:
+    """A proxy in front of a real XMPP server that holds the server's closing
+    </stream:stream> back for `delay` seconds: a server slow to end its stream. Serve it with
+    TLS and give client_tls to stand in front of a direct-TLS port (it sees the plaintext)."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(
+            "127.0.0.1", upstream_port, ssl=client_tls, server_hostname=server_name
+        )
+        try:
+            await asyncio.gather(
+                _pipe(reader, up_writer),
+                _pipe(up_reader, writer, hold=b"</stream:stream>", delay=delay),
+            )
+        finally:
+            up_writer.close()
+
+    return handler
+
+
+def forward(upstream_port: int) -> Handler:
+    """A plain TCP forwarder to a real server's port: the same server on another port."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", upstream_port)
+        try:
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        finally:
+            up_writer.close()
+
+    return handler
+
+
 def greeting(data: bytes, then: str = "stall") -> Handler:
     """Send data as soon as the client connects (a banner), then behave as `then`."""
 
@@ -64,9 +162,12 @@ def greeting(data: bytes, then: str = "stall") -> Handler:
 
 
 @contextlib.asynccontextmanager
-async def serve(handler: Handler, ssl_context: ssl.SSLContext | None = None) -> AsyncIterator[int]:
-    """Run handler on a free loopback port; yields the port. Connections are torn down on
-    exit so a stalled handler never outlives its test."""
+async def serve(
+    handler: Handler, ssl_context: ssl.SSLContext | None = None,
+    host: str = "127.0.0.1", port: int = 0,
+) -> AsyncIterator[int]:
+    """Run handler on a loopback port (a free one unless given); yields the port.
+    Connections are torn down on exit so a stalled handler never outlives its test."""
     tasks: set[asyncio.Task[None]] = set()
 
     async def wrapped(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -81,7 +182,7 @@ async def serve(handler: Handler, ssl_context: ssl.SSLContext | None = None) -> 
             writer.close()
             tasks.discard(task)
 
-    server = await asyncio.start_server(wrapped, "127.0.0.1", 0, ssl=ssl_context)
+    server = await asyncio.start_server(wrapped, host, port, ssl=ssl_context)
     port = server.sockets[0].getsockname()[1]
     try:
         yield port

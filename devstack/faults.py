@@ -79,6 +79,14 @@ def reject_icmp_unreachable(port: int) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def reset_after_handshake(port: int) -> Iterator[None]:
+    """Connections to `port` are set up, then the first bytes the client sends are answered
+    with a TCP reset (a firewall or load balancer that cuts the connection)."""
+    with _input_rule(f"tcp dport {port} tcp flags & psh == psh reject with tcp reset"):
+        yield
+
+
 def remove_all() -> None:
     """Deletes the whole table: for cleaning up after a killed test run."""
     with contextlib.suppress(FaultError):

@@ -13,7 +13,8 @@ xmpp.test, mqtt.test, http.test, localhost and 127.0.0.1):
 - DNS at `resolver` ("127.0.0.1:PORT"): A for xmpp/mqtt/http.test; v6.test has A and
   AAAA ::1, ipv6.test only AAAA; noaddr.test only TXT (no address); nope.test and the
   like NXDOMAIN; slow.deny.test no answer (timeout); x.fail.test SERVFAIL;
-  _xmpp-client._tcp / _xmpps-client._tcp.xmpp.test SRV to the prosody ports; names
+  _xmpp-client._tcp / _xmpps-client._tcp.xmpp.test SRV to the prosody ports
+  (_xmpp-client._tcp.fallback.test: a dead port first, then prosody's); names
   outside test. REFUSED.
 - prosody, domain xmpp.test: `xmpp_port` (STARTTLS, required), `xmpps_port` (direct
   TLS). `user`/`password` log in; `disabled_user` gets <account-disabled/>.
@@ -473,6 +474,14 @@ class Servers:
         """A TLS client context that trusts the servers' CA."""
         return ssl.create_default_context(cafile=str(self.ca_file))
 
+    def server_context(self) -> ssl.SSLContext:
+        """A TLS server context with the servers' valid certificate, for a fault server that
+        stands in front of a real one (devstack/fakes.py)."""
+        assert self._pki is not None
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(self._pki.valid.cert, self._pki.valid.key)
+        return ctx
+
     # unbound ------------------------------------------------------------------------
 
     def _start_unbound(self) -> None:
@@ -493,6 +502,9 @@ class Servers:
             f'noaddr.test. {ttl} TXT "exists, but has no address"',
             f"_xmpp-client._tcp.xmpp.test. {ttl} SRV 0 5 {self.xmpp_port} xmpp.test.",
             f"_xmpps-client._tcp.xmpp.test. {ttl} SRV 0 5 {self.xmpps_port} xmpp.test.",
+            # A dead first choice in front of a live one: a client must move on (RFC 2782).
+            f"_xmpp-client._tcp.fallback.test. {ttl} SRV 0 5 {self._dead_port} xmpp.test.",
+            f"_xmpp-client._tcp.fallback.test. {ttl} SRV 10 5 {self.xmpp_port} xmpp.test.",
         ]
         # Single quotes around a record that has a quoted TXT string inside.
         local_data = "\n".join(

@@ -108,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--ping", action="store_true", help="add an ICMP ping phase (needs CAP_NET_RAW)"
     )
+    check.add_argument(
+        "--no-follow-up", dest="follow_up", action="store_false",
+        help="after a failure that suggests the wrong protocol, TLS mode or port, do not make "
+        "the short follow-up connections that find out what the port speaks",
+    )
     check.add_argument("--json", action="store_true", help="print one JSON object")
     check.add_argument(
         "-v",
@@ -153,6 +158,7 @@ def run_check_command(args: argparse.Namespace) -> int:
         interface=args.interface,
         source_address=args.source,
         ping=args.ping,
+        follow_up=args.follow_up,
     )
     result = asyncio.run(run_check(target, options))
     if args.json:

@@ -120,6 +120,7 @@ def to_wire(report: Report) -> pb.ProbeResult:
         trace_id=report.trace_id,
         clock_offset_ns=report.clock_offset_ns,
         labels=report.labels,
+        findings=r.findings,
     )
     if r.tls:
         t = r.tls
@@ -256,6 +257,7 @@ def from_wire(msg: pb.ProbeResult) -> Report:
         tls=tls,
         dns=dns,
         network=network,
+        findings=list(msg.findings),
     )
     return Report(
         result=result,

@@ -30,6 +30,9 @@ class Protocol:
     logs_in: bool = True  # sends credentials (so needs a password)
     domain_is_host: bool = False  # XMPP: the host part is the JID's domain; ?host= overrides
     done: str = "logged in"  # what a success did, in the result's message
+    # Ports the protocol is commonly served on, in the order a follow-up tries them when the
+    # URL's port refuses connections (probes/mismatch.py).
+    well_known_ports: tuple[int, ...] = ()
 
 
 PROTOCOLS: tuple[Protocol, ...] = (
@@ -38,17 +41,19 @@ PROTOCOLS: tuple[Protocol, ...] = (
         (Scheme("xmpp", "starttls", 5222, "_xmpp-client._tcp"),
          Scheme("xmpps", "direct", 5223, "_xmpps-client._tcp")),
         probe="xmpp", query={"host": None}, needs_user=True, domain_is_host=True,
+        well_known_ports=(5222, 5223, 443),
     ),
     Protocol(
         "mqtt",
         (Scheme("mqtt", "none", 1883), Scheme("mqtts", "direct", 8883)),
         probe="mqtt", query={"version": ("3.1.1", "5"), "client_id": None},
-        query_names={"version": "MQTT version"},
+        query_names={"version": "MQTT version"}, well_known_ports=(1883, 8883, 443),
     ),
     Protocol(
         "http",
         (Scheme("http", "none", 80), Scheme("https", "direct", 443)),
         probe="http", query={"auth": ("basic", "json")},
+        well_known_ports=(443, 80, 8443, 8080),
     ),
     Protocol("tcp", (Scheme("tcp", "none", None),), probe="handshake", logs_in=False,
              done="connected"),

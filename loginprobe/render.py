@@ -53,4 +53,6 @@ def waterfall(result: Result, transcript: bool = False) -> str:
     else:
         lines.append(f"FAILED: {result.reason} (step: {result.reason.step}): {result.message}")
         lines.append(f"hint: {result.hint}")
+        # The headline leads the hint; the rest of what the follow-up learned follows it.
+        lines.extend(f"found: {finding}" for finding in result.findings[1:])
     return "\n".join(lines)

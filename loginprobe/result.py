@@ -137,9 +137,14 @@ class Result:
     dns: DNSInfo | None = None
     transcript: list[TranscriptLine] = field(default_factory=list)
     network: NetworkContext | None = None  # set by the agent, per path
+    # What a follow-up found the port to speak, the headline first (probes/mismatch.py).
+    findings: list[str] = field(default_factory=list)
 
     @property
     def hint(self) -> str:
+        """The reason's hint, led by what the follow-up found to be true."""
+        if self.findings:
+            return f"{self.findings[0][:1].upper()}{self.findings[0][1:]}. {self.reason.hint}"
         return self.reason.hint
 
     def to_dict(self, transcript: bool = False) -> dict[str, Any]:
@@ -158,6 +163,8 @@ class Result:
             "tls": self.tls.to_dict() if self.tls else None,
             "dns": self.dns.to_dict() if self.dns else None,
         }
+        if self.findings:
+            out["findings"] = self.findings
         if self.network is not None:
             out["network"] = self.network.to_dict()
         if transcript:

@@ -158,7 +158,7 @@ def test_a_silent_resolver_is_named_with_the_query(listener: int) -> None:
     last = proc.stdout.splitlines()
     failed = next(line for line in last if line.startswith("FAILED: dns_timeout"))
     assert "xmpp.test A" in proc.stdout and f"to 127.0.0.1:{port} over UDP" in failed
-    assert f"> DNS query xmpp.test AAAA to 127.0.0.1:{port} over UDP" in proc.stdout
+    assert f"* DNS query xmpp.test AAAA to 127.0.0.1:{port} over UDP" in proc.stdout
 
 
 def test_password_file_is_read_and_never_printed(tmp_path: Path) -> None:

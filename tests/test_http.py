@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 
-import h11
 import pytest
 
 from devstack import fakes
@@ -279,7 +278,19 @@ async def test_close_mid_headers_is_a_protocol_error() -> None:
 )
 def test_host_header_has_the_port_only_when_not_the_default(url: str, host: str) -> None:
     attempt = Attempt(parse_target(url), ProbeOptions(password=FAKE_PASSWORD))
-    request, shown = build_request(attempt, h11.Connection(h11.CLIENT))
+    request, shown = build_request(attempt)
     assert f"\r\nHost: {host}\r\n".encode() in request
     assert FAKE_PASSWORD not in shown
     assert request.endswith(b"\r\n\r\n")
+
+
+async def test_a_chunked_error_body_is_read() -> None:
+    reply = (
+        b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+        b'10\r\n{"error": "accou\r\nb\r\nnt locked"}\r\n0\r\n\r\n'
+    )
+    async with fakes.serve(fakes.scripted(reply)) as port:
+        result = await check(f"http://alice@127.0.0.1:{port}/login", fake_options())
+    assert (result.reason, result.reason.step) == ("auth_not_authorized", "account")
+    assert result.message == 'HTTP 403 Forbidden: {"error": "account locked"}'

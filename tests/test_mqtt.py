@@ -129,19 +129,24 @@ async def test_mqtt_against_xmpp_port_is_a_mismatch(servers: Servers) -> None:
     assert (result.reason, result.reason.step) == ("protocol_mismatch", "config")
 
 
-async def test_mqtts_against_the_plain_port_is_reset(servers: Servers) -> None:
+async def test_mqtts_against_the_plain_port_is_a_mismatch(servers: Servers) -> None:
     # mosquitto reads the ClientHello's first byte (0x16) as an invalid MQTT packet type and
     # closes with the rest unread, so the kernel answers with a reset, not with bytes that
-    # OpenSSL could call WRONG_VERSION_NUMBER.
+    # OpenSSL could call WRONG_VERSION_NUMBER. The follow-up's plaintext CONNECT gets a
+    # CONNACK: the reset is evidence of the wrong TLS mode, not of the network.
     result = await check(f"mqtts://alice@127.0.0.1:{servers.mqtt_port}", options(servers))
-    assert (result.reason, result.reason.step) == ("tcp_reset", "network")
+    assert (result.reason, result.reason.step) == ("protocol_mismatch", "config")
     assert phases(result)[-1] == ("tls", False)
+    finding = f"port {servers.mqtt_port} speaks MQTT without TLS: use mqtt://"
+    assert result.findings[0] == finding
+    assert result.hint.startswith("P" + finding[1:])
 
 
-async def test_plain_mqtt_against_the_tls_port_is_reset(servers: Servers) -> None:
+async def test_plain_mqtt_against_the_tls_port_is_a_mismatch(servers: Servers) -> None:
     result = await check(f"mqtt://alice@127.0.0.1:{servers.mqtts_port}", options(servers))
-    assert (result.reason, result.reason.step) == ("tcp_reset", "network")
+    assert (result.reason, result.reason.step) == ("protocol_mismatch", "config")
     assert phases(result)[-1] == ("login", False)
+    assert result.findings[0] == f"port {servers.mqtts_port} speaks MQTT over TLS: use mqtts://"
 
 
 # -- tcp:// and tls:// -----------------------------------------------------------------
@@ -193,6 +198,15 @@ def fake_options(timeout: float = 2.0) -> ProbeOptions:
         ("3.1.1", b"\x20\x02\x00\x02", "auth_not_authorized", "account", "0x02 Identifier"),
         ("3.1.1", b"\x20\x02\x00\x04", "auth_rejected", "account", "0x04 Bad user name"),
         ("3.1.1", b"\x20\x02\x00\x01", "protocol_mismatch", "config", "try ?version=5"),
+        ("5", b"\x20\x03\x00\x85\x00", "auth_not_authorized", "account", "?client_id="),
+        ("5", b"\x20\x03\x00\x86\x00", "auth_rejected", "account", "0x86 Bad User Name"),
+        ("5", b"\x20\x03\x00\x87\x00", "auth_rejected", "account", "without permission"),
+        ("5", b"\x20\x03\x00\x8a\x00", "auth_not_authorized", "account", "banned"),
+        ("5", b"\x20\x03\x00\x8c\x00", "auth_mechanism_unsupported", "account",
+         "another authentication method"),
+        ("5", b"\x20\x03\x00\x97\x00", "server_unavailable", "server", "quota"),
+        ("5", b"\x20\x03\x00\x9f\x00", "server_unavailable", "server", "connection rate"),
+        ("3.1.1", b"\x20\x02\x00\x02", "auth_not_authorized", "account", "?client_id="),
         # A 3.1.1-only broker answering a version 5 CONNECT the 3.1.1 way.
         ("5", b"\x20\x02\x00\x01", "protocol_mismatch", "config", "0x01"),
     ],

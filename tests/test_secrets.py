@@ -68,6 +68,10 @@ def cases(g: Servers) -> list[tuple[str, str, str]]:
         (f"https://alice@http.test:{g.https_tls11_port}/login", pw, "tls_version_mismatch"),
         (f"xmpp://alice@xmpp.test:{g.http_port}?host=127.0.0.1", pw, "protocol_mismatch"),
         (f"mqtt://alice@mqtt.test:{g.http_port}", pw, "protocol_mismatch"),
+        # The follow-up finds what these ports speak; its findings are output too.
+        (f"mqtt://alice@mqtt.test:{g.mqtts_port}", pw, "protocol_mismatch"),
+        (f"mqtts://alice@mqtt.test:{g.mqtt_port}", pw, "protocol_mismatch"),
+        (f"https://alice@http.test:{g.mqtt_port}/login", pw, "protocol_mismatch"),
     ]
 
 
@@ -110,3 +114,27 @@ async def test_hostile_servers_do_not_see_the_password_echoed(
     assert code == 1 and reason in output
     for secret in forms(WRONG):
         assert secret not in output
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mqtt://alice@127.0.0.1:{port}",
+        "mqtt://alice@127.0.0.1:{port}?version=5",
+        "xmpp://alice@xmpp.test:{port}?host=127.0.0.1",
+        "http://alice@127.0.0.1:{port}/login",
+        "http://alice@127.0.0.1:{port}/login?auth=json",
+    ],
+)
+async def test_the_follow_up_never_sends_the_password(url: str) -> None:
+    # Every connection is reset after its first bytes: the attempt's is suspicious, so the
+    # follow-up opens its own, and the server records what each one sent.
+    seen: list[bytearray] = []
+    async with fakes.serve(fakes.recording(fakes.reset, seen)) as port:
+        code, output = await run_cli([url.format(port=port), "--timeout", "2", "-v"], WRONG)
+    assert code == 1 and "follow-up" in output
+    follow_ups = [bytes(b) for b in seen[1:]]
+    assert follow_ups and any(follow_ups), output
+    for sent in follow_ups:
+        for secret in forms(WRONG):
+            assert secret.encode() not in sent

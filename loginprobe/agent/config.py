@@ -184,6 +184,9 @@ class Check(Strict):
     ca_file: CAFile | None = None
     insecure: bool = False
     resolver: Resolver | None = None
+    # After a failure that suggests the wrong protocol, TLS mode or port, find out what the
+    # port speaks (at most once per interval).
+    follow_up: bool = True
 
     @field_validator("timeout")
     @classmethod

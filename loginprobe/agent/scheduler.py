@@ -5,11 +5,13 @@ hands each Result on as a Report."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import math
 import os
 import random
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -41,12 +43,13 @@ class CheckSpec:
     ca_file: str | None = None
     insecure: bool = False
     resolver: tuple[str, int] | None = None
+    follow_up: bool = True
 
     @classmethod
     def build(
         cls, name: str, url: str, interval: float, timeout: float | None, *,
         password: config.PasswordSource | None = None, ca_file: str | None = None,
-        insecure: bool = False, resolver: str | None = None,
+        insecure: bool = False, resolver: str | None = None, follow_up: bool = True,
     ) -> CheckSpec:
         """Raises ValueError (a TargetError, a bad resolver) saying what is wrong."""
         if not name or not interval > 0:
@@ -56,7 +59,7 @@ class CheckSpec:
         address = parse_resolver(resolver) if resolver else None
         return cls(
             name, parse_target(url), interval, timeout, password, ca_file or None, insecure,
-            address,
+            address, follow_up,
         )
 
     @classmethod
@@ -65,7 +68,7 @@ class CheckSpec:
             c.name, c.url, c.interval, c.effective_timeout,
             password=c.password if c.password_env or c.password_file else None,
             ca_file=str(c.ca_file) if c.ca_file else None, insecure=c.insecure,
-            resolver=c.resolver,
+            resolver=c.resolver, follow_up=c.follow_up,
         )
 
     def options(self) -> ProbeOptions:
@@ -77,8 +80,27 @@ class CheckSpec:
                 log.error("check %s: cannot read its password file (%s)", self.name, exc.strerror)
         return ProbeOptions(
             password=password, ca_file=self.ca_file, insecure=self.insecure,
-            resolver=self.resolver, timeout=self.timeout,
+            resolver=self.resolver, timeout=self.timeout, follow_up=self.follow_up,
         )
+
+
+class FollowUpGate:
+    """Allows one follow-up per check per interval, however many paths or runs ask: the
+    follow-up's extra connections must never multiply a check's load on a server."""
+
+    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self.clock = clock
+        self.last: float | None = None
+
+    def __call__(self) -> bool:
+        now = self.clock()
+        # Half an interval, not a whole one: runs fall one interval apart, give or take the
+        # loop's jitter, and each run may have one; the paths of one run share it.
+        if self.last is not None and now - self.last < self.interval / 2:
+            return False
+        self.last = now
+        return True
 
 
 def first_offset(salt: bytes, name: str, interval: float) -> float:
@@ -103,6 +125,7 @@ class Scheduler:
         self._slots = asyncio.Semaphore(concurrency)
         self._loops: dict[tuple[str, str], tuple[CheckSpec, asyncio.Task[None]]] = {}
         self._runs: set[asyncio.Task[None]] = set()
+        self._gates: dict[str, FollowUpGate] = {}  # per check name
         self._epoch = asyncio.get_running_loop().time()
         self._stopping = False
         self.in_flight = 0  # probes holding a slot right now
@@ -139,6 +162,7 @@ class Scheduler:
     def remove(self, source: str, names: Iterable[str]) -> None:
         for name in names:
             entry = self._loops.pop((source, name), None)
+            self._gates.pop(name, None)
             if entry:
                 entry[1].cancel()
                 log.info("removed check %s", name)
@@ -179,7 +203,10 @@ class Scheduler:
         """One run of a check: an attempt on every path at once, so the paths' samples are
         paired (same moment, same server load). The order is shuffled on each run: the
         attempt started first on the event loop must not always be the same path's."""
-        options = spec.options()
+        gate = self._gates.get(spec.name)
+        if gate is None or gate.interval != spec.interval:
+            gate = self._gates[spec.name] = FollowUpGate(spec.interval)
+        options = dataclasses.replace(spec.options(), follow_up_gate=gate)
         paths = random.sample(self._paths, len(self._paths))
         await asyncio.gather(*(self._attempt(spec, options, path) for path in paths))
 

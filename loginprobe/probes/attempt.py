@@ -46,6 +46,11 @@ class ProbeOptions:
     interface: str | None = None  # SO_BINDTODEVICE
     source_address: str | None = None
     ping: bool = False
+    # After a failure that suggests the wrong protocol, TLS mode or port, find out what the
+    # port speaks (probes/mismatch.py). The gate, when given, is asked each time first: the
+    # agent's allows one follow-up per check per interval.
+    follow_up: bool = True
+    follow_up_gate: Callable[[], bool] | None = field(default=None, compare=False)
 
 
 class PhaseHandle:
@@ -79,9 +84,17 @@ class Attempt:
         self.tls: TLSInfo | None = None
         self.dns: DNSInfo | None = None
         self.resolved_address: str | None = None
+        self.port: int | None = None  # the port connected to (SRV may change the URL's)
+        self.findings: list[str] = []  # what the follow-up learned
         self.bytes_read = 0
         self.ended_ns: int | None = None
         self.conns: list[Conn] = []  # closed by the runner, whatever happened
+
+    def verdict(self) -> None:
+        """The verdict is in: the attempt's duration ends here, whatever the polite close
+        after it costs."""
+        if self.ended_ns is None:
+            self.ended_ns = self.now()
 
     def now(self) -> int:
         """Nanoseconds since the attempt started."""
@@ -130,6 +143,7 @@ class Attempt:
             resolved_address=self.resolved_address,
             tls=self.tls,
             dns=self.dns,
+            findings=[self.scrub(f) for f in self.findings],
             transcript=[
                 TranscriptLine(t.offset_ns, t.direction, self.scrub(t.text))
                 for t in self.transcript

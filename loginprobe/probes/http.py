@@ -1,5 +1,5 @@
-"""The HTTP login probe: one HTTP/1.1 request with the credentials, judged by the status line
-alone; h11 (sans-IO) frames the bytes, this module times and reads them."""
+"""The HTTP login probe: one hand-written HTTP/1.1 request with the credentials (so the
+transcript shows it redacted), its response read by h11, judged by the status line alone."""
 
 from __future__ import annotations
 
@@ -9,14 +9,15 @@ import contextlib
 import json
 import re
 from http import HTTPStatus
-from typing import Any
 
 import h11
 
 from loginprobe import __version__
 from loginprobe.contract import Reason
+from loginprobe.probes import mismatch
 from loginprobe.probes.attempt import REDACTED, Attempt, Conn, ProbeFailure, printable
 from loginprobe.probes.transport import establish
+from loginprobe.target import Target
 
 # The status line and headers may not exceed this; the body is never read beyond
 # BODY_PREFIX_BYTES, and only for a failure's message.
@@ -25,106 +26,146 @@ BODY_PREFIX_BYTES = 4096
 READ_BYTES = 4096
 BODY_GRACE = 0.2  # seconds
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-_BYTEARRAY = re.compile(r"bytearray\(b('.*'|\".*\")\)")
 # A challenge starts the header or follows a comma, and is a token not followed by "=".
 _BASIC_CHALLENGE = re.compile(r"(?:^|,)\s*basic(?:\s|,|$)", re.IGNORECASE)
 
 
-def build_request(attempt: Attempt, http: h11.Connection) -> tuple[bytes, str]:
-    """The request bytes (through h11, which then expects the answer to this request) and
-    their transcript form, with the credentials redacted."""
-    target = attempt.target
-    password = attempt.options.password or ""
+def _host_header(target: Target) -> str:
     host = f"[{target.host}]" if ":" in target.host else target.host
     if target.port != _DEFAULT_PORTS.get(target.scheme):
         host += f":{target.port}"
+    return host
+
+
+def hello(target: Target) -> bytes:
+    """A credential-free request, for the follow-up that asks whether a port speaks HTTP."""
+    return (
+        f"HEAD / HTTP/1.1\r\nHost: {_host_header(target)}\r\n"
+        f"User-Agent: loginprobe/{__version__}\r\nConnection: close\r\n\r\n"
+    ).encode()
+
+
+def build_request(attempt: Attempt) -> tuple[bytes, str]:
+    """The request bytes and their transcript form, with the credentials redacted."""
+    target = attempt.target
+    password = attempt.options.password or ""
+    host = _host_header(target)
     method = "POST" if target.params.get("auth") == "json" else "GET"
-    headers = [("Host", host), ("User-Agent", f"loginprobe/{__version__}"), ("Accept", "*/*")]
-    shown = list(headers)
+    head = [
+        f"{method} {target.path} HTTP/1.1",
+        f"Host: {host}",
+        f"User-Agent: loginprobe/{__version__}",
+        "Accept: */*",
+    ]
+    shown = list(head)
     body = b""
-    shown_body = ""
     if method == "POST":
         body = json.dumps({"username": target.user, "password": password}).encode()
         shown_body = json.dumps({"username": target.user, "password": REDACTED})
-        for lines in (headers, shown):
-            lines += [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        for lines in (head, shown):
+            lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
     else:
         token = base64.b64encode(f"{target.user}:{password}".encode()).decode()
-        headers.append(("Authorization", f"Basic {token}"))
-        shown.append(("Authorization", f"Basic {REDACTED}"))
+        head.append(f"Authorization: Basic {token}")
+        shown.append(f"Authorization: Basic {REDACTED}")
+        shown_body = ""
     # One request per connection: the server closes after its answer, and a keep-alive
     # server has no reason to wait for a second request from us.
-    for lines in (headers, shown):
-        lines.append(("Connection", "close"))
-    data = http.send(h11.Request(method=method, target=target.path, headers=headers)) or b""
-    if body:
-        data += http.send(h11.Data(data=body)) or b""
-    data += http.send(h11.EndOfMessage()) or b""
-    text = "".join(f"{k}: {v}\r\n" for k, v in shown)
-    return data, f"{method} {target.path} HTTP/1.1\r\n{text}\r\n{shown_body}"
+    for lines in (head, shown):
+        lines += ["Connection: close", "", ""]
+    return "\r\n".join(head).encode() + body, "\r\n".join(shown) + shown_body
 
 
-async def _next_event(conn: Conn, http: h11.Connection) -> Any:
-    """h11's next event, reading from the connection as it needs more bytes. The first
-    bytes tell HTTP from another protocol; what h11 refuses is malformed HTTP."""
+class Response:
+    """The server's answer as h11 reads it: status, phrase, headers (lower-case names, last
+    one wins), and the parser, which holds whatever part of the body came with them."""
+
+    def __init__(self, parser: h11.Connection, status: int, phrase: str,
+                 headers: dict[str, str]) -> None:
+        self.parser = parser
+        self.status = status
+        self.phrase = phrase
+        self.headers = headers
+
+
+def _parser_for(attempt: Attempt) -> h11.Connection:
+    """An h11 client that knows the request we sent by hand, so it reads the response to
+    it (a body or none, chunked or not) as HTTP/1.1 says."""
+    parser = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES + READ_BYTES)
+    target = attempt.target
+    post = target.params.get("auth") == "json"
+    headers = [("Host", _host_header(target)), ("Connection", "close")]
+    if post:
+        headers.append(("Content-Length", "1"))
+    parser.send(h11.Request(method="POST" if post else "GET", target=target.path or "/",
+                            headers=headers))
+    if post:
+        parser.send(h11.Data(data=b"x"))  # its length is all h11 checks
+    parser.send(h11.EndOfMessage())
+    return parser
+
+
+async def read_head(conn: Conn) -> Response:
+    """Read up to the end of the final response's headers (1xx interim answers, 100
+    Continue or 103 Early Hints, are skipped), all of it counted against MAX_HEAD_BYTES."""
+    parser = _parser_for(conn.attempt)
+    received = 0
     while True:
         try:
-            event = http.next_event()
+            event = parser.next_event()
         except h11.RemoteProtocolError as exc:
-            if exc.error_status_hint == 431:
-                message = f"the response headers are longer than {MAX_HEAD_BYTES} bytes"
-            else:  # h11 says e.g. "illegal status line: bytearray(b'HTTP/1.1 2xx')"
-                message = _BYTEARRAY.sub(r"\1", str(exc)).replace("illegal ", "malformed ", 1)
-            raise ProbeFailure(Reason.PROTOCOL_ERROR, message[:300]) from None
-        if event is not h11.NEED_DATA:
-            return event
-        data = await conn.recv(READ_BYTES)
-        if conn.attempt.bytes_read == len(data) and not data.startswith(b"HTTP/"[: len(data)]):
             raise ProbeFailure(
-                Reason.PROTOCOL_MISMATCH,
-                f"the server does not speak HTTP: {printable(data, 60)!r}",
-            )
-        http.receive_data(data)
+                Reason.PROTOCOL_ERROR, f"malformed status line or headers: {exc}"
+            ) from None
+        if event is h11.NEED_DATA:
+            if received > MAX_HEAD_BYTES:
+                raise ProbeFailure(
+                    Reason.PROTOCOL_ERROR,
+                    f"the response headers are longer than {MAX_HEAD_BYTES} bytes",
+                )
+            data = await conn.recv(READ_BYTES)
+            if received == 0 and not data.startswith(b"HTTP/"[: len(data)]):
+                other = mismatch.foreign(conn.attempt, data)
+                raise ProbeFailure(
+                    Reason.PROTOCOL_MISMATCH,
+                    f"the server does not speak HTTP: {printable(data, 60)!r}"
+                    + (f" ({other.message})" if other else ""),
+                )
+            received += len(data)
+            parser.receive_data(data)
+        elif isinstance(event, h11.Response):
+            phrase = event.reason.decode("latin-1").strip()
+            if not phrase:
+                try:
+                    phrase = HTTPStatus(event.status_code).phrase
+                except ValueError:
+                    phrase = ""
+            headers = {
+                name.decode("latin-1"): value.decode("latin-1") for name, value in event.headers
+            }
+            return Response(parser, event.status_code, phrase, headers)
+        # An InformationalResponse (1xx): the final answer follows.
 
 
-async def read_head(conn: Conn, http: h11.Connection) -> tuple[int, str, dict[str, str]]:
-    """Read up to the end of the final response's headers (1xx interim answers, such as 100
-    Continue or 103 Early Hints, are passed over). Returns the status code, the reason
-    phrase and the headers (lower-case names, last one wins)."""
-    while True:
-        event = await _next_event(conn, http)
-        if isinstance(event, h11.Response):
-            break
-    phrase = event.reason.decode("latin-1").strip()
-    if not phrase:
-        try:
-            phrase = HTTPStatus(event.status_code).phrase
-        except ValueError:
-            phrase = ""
-    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers}
-    return event.status_code, phrase, headers
-
-
-async def _body_prefix(conn: Conn, http: h11.Connection, headers: dict[str, str]) -> str:
-    """A short text body (a JSON error, a plain-text reason) for a failure's message, chunked
-    or not. Read only for a short grace and never past BODY_PREFIX_BYTES: the verdict is
-    already known, and a server that announces a body it never sends must not turn it into
-    a timeout."""
-    kind = headers.get("content-type", "").lower()
+async def _body_prefix(conn: Conn, response: Response) -> str:
+    """A short text body (a JSON error, a plain-text reason) for a failure's message; h11
+    undoes chunked framing. Never reads past BODY_PREFIX_BYTES, nor waits past a short
+    grace: the verdict is already known, and a server that announces a body it never
+    sends must not turn it into a timeout."""
+    kind = response.headers.get("content-type", "").lower()
     if not ("json" in kind or kind.startswith("text/plain")):
         return ""  # an HTML error page says no more than the status line
     body = b""
-
-    async def read() -> None:
-        nonlocal body
-        while len(body) < BODY_PREFIX_BYTES:
-            event = await _next_event(conn, http)
-            if not isinstance(event, h11.Data):
-                return
-            body += event.data
-
-    with contextlib.suppress(TimeoutError, ProbeFailure):
-        await asyncio.wait_for(read(), BODY_GRACE)
+    with contextlib.suppress(TimeoutError, ProbeFailure, h11.RemoteProtocolError):
+        async with asyncio.timeout(BODY_GRACE):
+            while len(body) < BODY_PREFIX_BYTES:
+                event = response.parser.next_event()
+                if event is h11.NEED_DATA:
+                    response.parser.receive_data(await conn.recv(READ_BYTES))
+                elif isinstance(event, h11.Data):
+                    body += bytes(event.data)
+                else:
+                    break  # the end of the body
     text = " ".join(body[:BODY_PREFIX_BYTES].decode("utf-8", "replace").split())
     return text[:200]
 
@@ -170,22 +211,19 @@ async def probe(attempt: Attempt) -> None:
     auth = attempt.target.params.get("auth", "basic")
     conn = await establish(attempt, alpn=("http/1.1",))
     with attempt.phase("login"):
-        http = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
-        request, shown = build_request(attempt, http)
+        request, shown = build_request(attempt)
         await conn.send(request, shown=shown)
         try:
-            status, phrase, headers = await read_head(conn, http)
+            response = await read_head(conn)
         except ProbeFailure as failure:
-            if failure.reason is Reason.PROTOCOL_ERROR and not attempt.bytes_read:
-                # Closed without a byte: an HTTP server always answers something, even 400.
-                raise ProbeFailure(
-                    Reason.PROTOCOL_ERROR,
-                    "the server closed the connection without answering the HTTP request"
-                    " (does this port serve HTTP?)",
-                ) from None
+            if not attempt.bytes_read and failure.reason in (
+                Reason.PROTOCOL_ERROR, Reason.TCP_RESET
+            ):
+                # An HTTP server always answers something, even 400.
+                raise mismatch.hung_up(attempt, failure, "the HTTP request") from None
             raise
-        reason, message = judge(status, phrase, headers, auth)
+        reason, message = judge(response.status, response.phrase, response.headers, auth)
         attempt.note("*", message)
         if reason is not Reason.OK:
-            detail = await _body_prefix(conn, http, headers)
+            detail = await _body_prefix(conn, response)
             raise ProbeFailure(reason, f"{message}: {detail}" if detail else message)

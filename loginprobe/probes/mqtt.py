@@ -7,8 +7,10 @@ import contextlib
 import secrets
 
 from loginprobe.contract import Reason
+from loginprobe.probes import mismatch
 from loginprobe.probes.attempt import REDACTED, Attempt, Conn, ProbeFailure, printable
 from loginprobe.probes.transport import establish
+from loginprobe.target import Target
 
 KEEPALIVE_SECONDS = 30
 # A CONNACK is 2 bytes in 3.1.1; in 5 its properties (reason string, user properties) are
@@ -37,6 +39,9 @@ _CODES: dict[int, tuple[str, Reason]] = {
     0x84: ("Unsupported Protocol Version", Reason.PROTOCOL_MISMATCH),
     0x85: ("Client Identifier not valid", Reason.AUTH_NOT_AUTHORIZED),
     0x86: ("Bad User Name or Password", Reason.AUTH_REJECTED),
+    # Strictly "not authorized", but mosquitto answers a wrong password with it, as with 5
+    # in 3.1.1: calling it auth_not_authorized would send every such operator to the
+    # account's permissions instead of its password.
     0x87: ("Not authorized", Reason.AUTH_REJECTED),
     0x88: ("Server unavailable", Reason.SERVER_UNAVAILABLE),
     0x89: ("Server busy", Reason.SERVER_UNAVAILABLE),
@@ -53,6 +58,20 @@ _CODES: dict[int, tuple[str, Reason]] = {
     0x9F: ("Connection rate exceeded", Reason.SERVER_UNAVAILABLE),
 }
 
+# What to do about a code, where its reason's generic hint would not say (0x9C and 0x9D
+# name their server reference instead).
+_ADVICE: dict[int, str] = {
+    0x02: "the broker refused the client identifier: set ?client_id= to one it accepts",
+    0x85: "the broker refused the client identifier: set ?client_id= to one it accepts",
+    0x87: "a wrong password or an account without permission (mosquitto says this for both)",
+    0x89: "the broker is busy: it may be at its connection limit",
+    0x8A: "this account or client is banned on the broker",
+    0x8C: "the broker wants another authentication method (MQTT 5 enhanced authentication)",
+    0x95: "our CONNECT exceeded the broker's maximum packet size",
+    0x97: "a broker quota is exhausted (connections, messages)",
+    0x9F: "the broker limits the connection rate: checks from this address may run too often",
+}
+
 # MQTT 5 property identifiers and their value types (MQTT 5.0 section 2.2.2.2), to walk the
 # CONNACK properties; only the reason string and server reference are kept.
 _REASON_STRING = 0x1F
@@ -66,15 +85,6 @@ _PROPERTY_TYPES = {
     0x29: "byte", 0x2A: "byte",
 }
 
-# First bytes of other protocols a misconfigured port may speak.
-_OTHER_PROTOCOLS = {
-    b"HTTP/": "HTTP",
-    b"<?xml": "XML (XMPP?)",
-    b"<stream": "XMPP",
-    b"SSH-": "SSH",
-    b"\x15\x03": "TLS (use mqtts://)",
-    b"\x16\x03": "TLS (use mqtts://)",
-}
 
 
 def _string(value: bytes) -> bytes:
@@ -146,6 +156,8 @@ def _describe_code(code: int, version: str, properties: dict[int, str]) -> tuple
     if reason is Reason.PROTOCOL_MISMATCH:
         other = "5" if version == "3.1.1" else "3.1.1"
         message += f": the server does not speak MQTT {version}; try ?version={other}"
+    elif code in _ADVICE:
+        message += f": {_ADVICE[code]}"
     if _REASON_STRING in properties:
         message += f" ({properties[_REASON_STRING][:200]!r})"
     if _SERVER_REFERENCE in properties:
@@ -158,12 +170,9 @@ async def _not_mqtt(conn: Conn, head: bytes) -> ProbeFailure:
     usually arrived with the first bytes; wait only briefly for it."""
     with contextlib.suppress(TimeoutError, ProbeFailure):
         head += await asyncio.wait_for(conn.recv(256), SNIFF_SECONDS)
-    for prefix, name in _OTHER_PROTOCOLS.items():
-        if head.startswith(prefix):
-            seen = printable(head, 60)
-            return ProbeFailure(
-                Reason.PROTOCOL_MISMATCH, f"the server speaks {name}, not MQTT: {seen!r}"
-            )
+    other = mismatch.foreign(conn.attempt, head)
+    if other is not None:
+        return ProbeFailure(other.reason, f"{other.message}: {printable(head, 60)!r}")
     return ProbeFailure(
         Reason.PROTOCOL_ERROR,
         f"expected a CONNACK (0x20), got {head[:16].hex(' ')}",
@@ -172,7 +181,15 @@ async def _not_mqtt(conn: Conn, head: bytes) -> ProbeFailure:
 
 async def read_connack(conn: Conn, version: str) -> tuple[int, dict[int, str]]:
     """Read one CONNACK with bounded reads; returns (return code, string properties)."""
-    head = await conn.recv_exactly(2)  # every CONNACK starts with type and a length byte
+    try:
+        head = await conn.recv_exactly(2)  # every CONNACK starts with type and a length byte
+    except ProbeFailure as failure:
+        if conn.attempt.bytes_read or failure.reason not in (
+            Reason.TCP_RESET, Reason.PROTOCOL_ERROR
+        ):
+            raise
+        # A broker answers every CONNECT with a CONNACK, even to refuse it.
+        raise mismatch.hung_up(conn.attempt, failure, "our CONNECT") from None
     if head[0] != 0x20:
         raise await _not_mqtt(conn, head)
     length, shift, byte = 0, 0, head[1]
@@ -195,6 +212,12 @@ async def read_connack(conn: Conn, version: str) -> tuple[int, dict[int, str]]:
             i += 1
         properties = parse_properties(body[i + 1 :])
     return body[1], properties
+
+
+def hello(target: Target) -> bytes:
+    """A CONNECT without credentials, for the follow-up that asks whether a port speaks
+    MQTT: every broker answers it with a CONNACK, if only to refuse it."""
+    return connect_packet(target.params.get("version", "3.1.1"), "loginprobefollowup", "", None)
 
 
 async def probe(attempt: Attempt) -> None:
@@ -224,4 +247,6 @@ async def probe(attempt: Attempt) -> None:
         attempt.note("*", message)
         if code != 0:
             raise ProbeFailure(reason, message)
-        await conn.send(b"\xe0\x00", shown="DISCONNECT")
+    # The verdict is in; the DISCONNECT after it is manners, not login time.
+    attempt.verdict()
+    await conn.send(b"\xe0\x00", shown="DISCONNECT")

@@ -11,6 +11,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from loginprobe.contract import Reason
+from loginprobe.probes import mismatch
 from loginprobe.probes.attempt import Attempt, Clock, ProbeFailure, ProbeOptions
 from loginprobe.protocols import BY_NAME
 from loginprobe.result import Result
@@ -36,6 +37,14 @@ _TIMEOUT_REASONS = {
     "login": Reason.LOGIN_TIMEOUT,
 }
 
+
+
+def _may_follow_up(
+    attempt: Attempt, reason: Reason, message: str, options: ProbeOptions
+) -> bool:
+    if not options.follow_up or not mismatch.suspicious(attempt, reason, message):
+        return False
+    return options.follow_up_gate is None or options.follow_up_gate()
 
 
 async def run_check(
@@ -72,7 +81,9 @@ async def run_check(
             log.exception("internal error probing %s", target.url)
             reason, message = Reason.INTERNAL_ERROR, f"internal error: {type(exc).__name__}"
         # The verdict is in: closing politely afterwards is not part of the attempt.
-        attempt.ended_ns = attempt.now()
+        attempt.verdict()
+        if _may_follow_up(attempt, reason, message, options):
+            reason, message = await mismatch.investigate(attempt, reason, message)
     finally:
         for conn in attempt.conns:
             await conn.close()

@@ -16,12 +16,14 @@ from xml.parsers import expat
 from xml.sax.saxutils import escape
 
 from scramp import ScramException
-from scramp.core import saslprep
+from scramp.utils import saslprep
 
 from loginprobe.contract import Reason
+from loginprobe.probes import mismatch
 from loginprobe.probes.attempt import MAX_MESSAGE_BYTES, Attempt, Conn, ProbeFailure, printable
 from loginprobe.probes.phases import tls
 from loginprobe.probes.transport import establish
+from loginprobe.target import Target
 
 NS_STREAM = "http://etherx.jabber.org/streams"
 NS_CLIENT = "jabber:client"
@@ -173,17 +175,9 @@ class XmlStream:
                 Reason.TCP_RESET,
                 Reason.PROTOCOL_ERROR,
             ):
-                # Every XMPP server answers a stream header with its own, even to refuse
-                # us; hanging up on it without a byte is what other services (MQTT, a
-                # direct-TLS port) do. A proxy with no server behind it looks the same,
-                # hence the message names both.
-                how = "reset" if failure.reason is Reason.TCP_RESET else "closed"
-                raise ProbeFailure(
-                    Reason.PROTOCOL_MISMATCH,
-                    f"the server {how} the connection without answering the XMPP stream "
-                    "header: the port does not seem to speak XMPP"
-                    + (" (if it is a direct-TLS port, use xmpps://)" if self._plain() else "")
-                    + ", or a proxy in front of it has no server to forward to",
+                # Every XMPP server answers a stream header with its own, even to refuse us.
+                raise mismatch.hung_up(
+                    self.conn.attempt, failure, "the XMPP stream header"
                 ) from None
             raise
         if len(self._head) < 64:
@@ -220,23 +214,12 @@ class XmlStream:
         start = self._head.removeprefix(b"\xef\xbb\xbf").lstrip()  # a BOM is allowed
         return start[:1] in (b"", b"<")
 
-    def _plain(self) -> bool:
-        return self.conn.attempt.target.tls_mode == "starttls" and self.conn.attempt.tls is None
-
     def _mismatch(self) -> ProbeFailure:
         """What the first bytes say the port speaks, since it is not XMPP."""
-        head = self._head
-        if head.startswith(b"HTTP/"):
-            line = head.split(b"\r\n", 1)[0].decode("ascii", "replace")
-            what = f"HTTP ({line!r})"
-        elif len(head) >= 2 and head[0] in (0x15, 0x16) and head[1] == 0x03:
-            what = "a TLS record"
-            if self._plain():
-                what += " (a direct-TLS port: use xmpps://)"
-        elif head.startswith(b"SSH-"):
-            what = "SSH"
-        else:
-            what = f"data that is not XML ({printable(head, 40)!r})"
+        other = mismatch.foreign(self.conn.attempt, self._head)
+        if other is not None:
+            return other
+        what = f"data that is not XML ({printable(self._head, 40)!r})"
         return ProbeFailure(Reason.PROTOCOL_MISMATCH, f"the port answered with {what}, not XMPP")
 
     def _check_header(self) -> None:
@@ -296,6 +279,16 @@ class XmlStream:
 # -- the probe --------------------------------------------------------------------------
 
 
+def hello(target: Target) -> bytes:
+    """Our stream header, for the follow-up that asks whether a port speaks XMPP: every
+    XMPP server answers it with its own, even to refuse us."""
+    domain = escape(target.domain or target.host, {"'": "&apos;"})
+    return (
+        f"<?xml version='1.0'?><stream:stream to='{domain}' version='1.0' "
+        f"xmlns='{NS_CLIENT}' xmlns:stream='{NS_STREAM}'>"
+    ).encode()
+
+
 async def probe(attempt: Attempt) -> None:
     target = attempt.target
     if target.tls_mode == "direct":
@@ -311,6 +304,8 @@ async def probe(attempt: Attempt) -> None:
         features = await session.open_stream()
         jid = await session.bind(features)
         attempt.note("*", f"logged in as {jid}")
+    # The verdict is in: the duration ends here, however late the server closes its stream.
+    attempt.verdict()
     await session.close()
 
 
@@ -326,12 +321,7 @@ class Session:
         """(Re)start the stream: send our header, read the server's and its features."""
         self.stream = XmlStream(self.conn)
         # Attribute values in single quotes, as the XMPP examples do: escape those too.
-        domain = escape(self.attempt.target.domain, {"'": "&apos;"})
-        header = (
-            f"<?xml version='1.0'?><stream:stream to='{domain}' version='1.0' "
-            f"xmlns='{NS_CLIENT}' xmlns:stream='{NS_STREAM}'>"
-        )
-        await self.conn.send(header.encode())
+        await self.conn.send(hello(self.attempt.target))
         await self.stream.opened()
         return await self.stream.expect(NS_STREAM, "features")
 
@@ -520,18 +510,16 @@ def _client_nonce() -> str:
 
 
 def _saslprep(text: str) -> str:
-    """SASLprep (RFC 4013), as scramp implements it: a name or password with a character it
-    prohibits could be accepted by no server, so the attempt ends here, saying so (and
-    never quoting the text, which may be the password)."""
+    """SASLprep (RFC 4013) of a user name or password. A prohibited character (a control
+    character, say) fails the login here, without the text in the message."""
     try:
         prepared: str = saslprep(text)
-        return prepared
     except ScramException:
         raise ProbeFailure(
             Reason.AUTH_REJECTED,
-            "the user name or password holds a character SASLprep (RFC 4013) prohibits, "
-            "such as a control character: no server can accept it; fix the credential",
+            "the user name or password has a character SASLprep (RFC 4013) prohibits",
         ) from None
+    return prepared
 
 
 def _b64decode(text: str, what: str) -> bytes:

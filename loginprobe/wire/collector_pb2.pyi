@@ -124,7 +124,7 @@ class Ack(_message.Message):
     def __init__(self, seq: _Optional[int] = ...) -> None: ...
 
 class ProbeResult(_message.Message):
-    __slots__ = ("seq", "check", "url", "protocol", "success", "reason", "step", "message", "hint", "started_at_unix_nano", "duration_ns", "resolved_address", "phases", "tls", "dns", "trace_id", "clock_offset_ns", "labels", "network")
+    __slots__ = ("seq", "check", "url", "protocol", "success", "reason", "step", "message", "hint", "started_at_unix_nano", "duration_ns", "resolved_address", "phases", "tls", "dns", "trace_id", "clock_offset_ns", "labels", "network", "findings")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -151,6 +151,7 @@ class ProbeResult(_message.Message):
     CLOCK_OFFSET_NS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     NETWORK_FIELD_NUMBER: _ClassVar[int]
+    FINDINGS_FIELD_NUMBER: _ClassVar[int]
     seq: int
     check: str
     url: str
@@ -170,7 +171,8 @@ class ProbeResult(_message.Message):
     clock_offset_ns: int
     labels: _containers.ScalarMap[str, str]
     network: NetworkContext
-    def __init__(self, seq: _Optional[int] = ..., check: _Optional[str] = ..., url: _Optional[str] = ..., protocol: _Optional[str] = ..., success: _Optional[bool] = ..., reason: _Optional[str] = ..., step: _Optional[str] = ..., message: _Optional[str] = ..., hint: _Optional[str] = ..., started_at_unix_nano: _Optional[int] = ..., duration_ns: _Optional[int] = ..., resolved_address: _Optional[str] = ..., phases: _Optional[_Iterable[_Union[Phase, _Mapping]]] = ..., tls: _Optional[_Union[TLSInfo, _Mapping]] = ..., dns: _Optional[_Union[DNSInfo, _Mapping]] = ..., trace_id: _Optional[bytes] = ..., clock_offset_ns: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., network: _Optional[_Union[NetworkContext, _Mapping]] = ...) -> None: ...
+    findings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, seq: _Optional[int] = ..., check: _Optional[str] = ..., url: _Optional[str] = ..., protocol: _Optional[str] = ..., success: _Optional[bool] = ..., reason: _Optional[str] = ..., step: _Optional[str] = ..., message: _Optional[str] = ..., hint: _Optional[str] = ..., started_at_unix_nano: _Optional[int] = ..., duration_ns: _Optional[int] = ..., resolved_address: _Optional[str] = ..., phases: _Optional[_Iterable[_Union[Phase, _Mapping]]] = ..., tls: _Optional[_Union[TLSInfo, _Mapping]] = ..., dns: _Optional[_Union[DNSInfo, _Mapping]] = ..., trace_id: _Optional[bytes] = ..., clock_offset_ns: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., network: _Optional[_Union[NetworkContext, _Mapping]] = ..., findings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class NetworkContext(_message.Message):
     __slots__ = ("path", "interface", "network_type", "ssid", "signal_dbm", "source_address", "carrier", "asn")

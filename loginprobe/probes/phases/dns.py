@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import random
 import socket
 from collections.abc import Awaitable
 from pathlib import Path
@@ -167,7 +168,7 @@ async def _query(
     if attempt.options.resolver is None:
         servers = f"the system resolver ({servers or 'none'} in /etc/resolv.conf)"
     asked = f"{name} {rdtype} to {servers} over UDP (TCP only for a truncated answer)"
-    attempt.note(">", f"DNS query {asked}")
+    attempt.note("*", f"DNS query {asked}")
     attempt.waiting_for = f"an answer to {asked}"
     try:
         answer = await res.resolve(
@@ -195,8 +196,33 @@ def _lifetime(attempt: Attempt) -> float:
     return max(0.05, attempt.options.timeout - attempt.now() / 1e9)
 
 
-async def resolve_srv(attempt: Attempt, srv_name: str) -> tuple[str, int] | None:
-    """The preferred (host, port) of an SRV record, or None when there is none to follow."""
+def srv_order(
+    records: list[tuple[int, int, str, int]], rng: random.Random | None = None
+) -> list[tuple[str, int]]:
+    """(priority, weight, host, port) records in the order RFC 2782 has a client try them:
+    lowest priority first; within one priority, a weighted random draw (weight 0 records
+    get a small chance), record by record."""
+    rng = rng or random.Random()
+    ordered: list[tuple[str, int]] = []
+    for priority in sorted({r[0] for r in records}):
+        # Zero weights first, as RFC 2782 asks, so they get their small chance.
+        left = sorted((r for r in records if r[0] == priority), key=lambda r: r[1])
+        while left:
+            total = sum(r[1] for r in left)
+            pick = rng.randint(0, total)
+            running = 0
+            for i, record in enumerate(left):
+                running += record[1]
+                if running >= pick:
+                    ordered.append((record[2], record[3]))
+                    del left[i]
+                    break
+    return ordered
+
+
+async def resolve_srv(attempt: Attempt, srv_name: str) -> list[tuple[str, int]] | None:
+    """The SRV targets as (host, port) in the order to try them (RFC 2782, RFC 6120 3.2),
+    or None when there is no SRV record to follow."""
     res = _resolver(attempt)
     try:
         rrset = await _query(attempt, res, srv_name, "SRV", _lifetime(attempt))
@@ -208,15 +234,18 @@ async def resolve_srv(attempt: Attempt, srv_name: str) -> tuple[str, int] | None
     if not rrset:
         attempt.note("*", f"DNS {srv_name} SRV: no records, falling back to the domain")
         return None
-    # RFC 2782: lowest priority first, then the heaviest weight (deterministic for a probe).
-    best = min(rrset, key=lambda r: (r.priority, -r.weight))
-    host = best.target.to_text(omit_final_dot=True)
-    if host in ("", "."):
+    records = [
+        (int(r.priority), int(r.weight), r.target.to_text(omit_final_dot=True), int(r.port))
+        for r in rrset
+    ]
+    targets = [(host, port) for host, port in srv_order(records) if host not in ("", ".")]
+    if not targets:
         raise ProbeFailure(
             Reason.DNS_NO_ANSWER, f"{srv_name}: SRV target '.' (service decidedly not available)"
         )
-    attempt.note("*", f"DNS {srv_name} SRV -> {host}:{best.port} (ttl {rrset.ttl})")
-    return host, int(best.port)
+    shown = ", ".join(f"{host}:{port}" for host, port in targets)
+    attempt.note("*", f"DNS {srv_name} SRV -> {shown} (ttl {rrset.ttl})")
+    return targets
 
 
 async def resolve_addresses(attempt: Attempt, host: str) -> list[str]:

@@ -42,7 +42,7 @@ def address_family(host: str) -> socket.AddressFamily | None:
     return socket.AF_INET6 if version == 6 else socket.AF_INET
 
 
-def _socket_for(attempt: Attempt, address: str) -> socket.socket:
+def socket_for(attempt: Attempt, address: str) -> socket.socket:
     sock = socket.socket(address_family(address) or socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
@@ -70,8 +70,9 @@ async def connect_socket(attempt: Attempt, address: str, port: int) -> socket.so
     errno's reason."""
     loop = asyncio.get_running_loop()
     attempt.resolved_address = address
+    attempt.port = port
     with attempt.phase("tcp") as phase:
-        sock = _socket_for(attempt, address)
+        sock = socket_for(attempt, address)
         try:
             await loop.sock_connect(sock, (address, port))
         except BaseException as exc:
@@ -98,6 +99,10 @@ async def connect_socket(attempt: Attempt, address: str, port: int) -> socket.so
 
 async def connect(attempt: Attempt, address: str, port: int) -> Conn:
     """The tcp phase, then a stream on the connection for the protocol to talk over."""
-    sock = await connect_socket(attempt, address, port)
+    return await stream(attempt, await connect_socket(attempt, address, port))
+
+
+async def stream(attempt: Attempt, sock: socket.socket) -> Conn:
+    """A stream on a connected socket, for the protocol to talk over."""
     reader, writer = await asyncio.open_connection(sock=sock, limit=2**16)
     return Conn(attempt, reader, writer)
