@@ -51,7 +51,22 @@ async def _within(awaitable: Awaitable[T], timeout: float | None) -> T:  # noqa:
         raise dns.exception.Timeout(timeout=timeout) from None  # type: ignore[no-untyped-call]
 
 
-class _BoundDatagram(dns.asyncbackend.DatagramSocket):
+class _OwnSocket:
+    """What dnspython asks of any of its sockets, answered by the socket we made."""
+
+    sock: socket.socket
+
+    async def close(self) -> None:
+        self.sock.close()
+
+    async def getpeername(self) -> Any:
+        return self.sock.getpeername()
+
+    async def getsockname(self) -> Any:
+        return self.sock.getsockname()
+
+
+class _BoundDatagram(_OwnSocket, dns.asyncbackend.DatagramSocket):
     def __init__(self, sock: socket.socket) -> None:
         super().__init__(sock.family, socket.SOCK_DGRAM)
         self.sock = sock
@@ -65,17 +80,8 @@ class _BoundDatagram(dns.asyncbackend.DatagramSocket):
         loop = asyncio.get_running_loop()
         return await _within(loop.sock_recvfrom(self.sock, size), timeout)
 
-    async def close(self) -> None:
-        self.sock.close()
 
-    async def getpeername(self) -> Any:
-        return self.sock.getpeername()
-
-    async def getsockname(self) -> Any:
-        return self.sock.getsockname()
-
-
-class _BoundStream(dns.asyncbackend.StreamSocket):
+class _BoundStream(_OwnSocket, dns.asyncbackend.StreamSocket):
     def __init__(self, sock: socket.socket) -> None:
         super().__init__(sock.family, socket.SOCK_STREAM)
         self.sock = sock
@@ -85,15 +91,6 @@ class _BoundStream(dns.asyncbackend.StreamSocket):
 
     async def recv(self, size: int, timeout: float | None) -> bytes:  # noqa: ASYNC109 (dnspython's signature)
         return await _within(asyncio.get_running_loop().sock_recv(self.sock, size), timeout)
-
-    async def close(self) -> None:
-        self.sock.close()
-
-    async def getpeername(self) -> Any:
-        return self.sock.getpeername()
-
-    async def getsockname(self) -> Any:
-        return self.sock.getsockname()
 
 
 class _BoundBackend(dns.asyncbackend.Backend):
