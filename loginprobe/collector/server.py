@@ -26,6 +26,7 @@ from loginprobe.collector.config import Check, Loaded, load_config
 from loginprobe.collector.exporters.log import EventLog
 from loginprobe.collector.exporters.prometheus import ResultMetrics, serve_metrics
 from loginprobe.collector.ingest import Ingest, Refused, ResultsLog, Sink, Stats
+from loginprobe.collector.status import status_page
 from loginprobe.config import ConfigError
 from loginprobe.wire import collector_pb2 as pb
 
@@ -396,8 +397,10 @@ async def serve(path: Path, loaded: Loaded) -> int:
             config.traces.success_sample_ratio, config.traces.queue_size,
             config.traces.max_sampled_per_second)
     event_log = EventLog(stats, config.event_log.file) if config.event_log else None
+    status = status_page(stats, config) if config.metrics_listen else None
     # The log first: a batch it fails to write is sent again, and must not count twice.
-    sinks: list[Sink] = [s for s in (results_log, result_metrics, traces, event_log)
+    sinks: list[Sink] = [s for s in (results_log, result_metrics, traces, event_log,
+                                           status.store if status else None)
                          if s is not None]
     high_water = dict(results_log.high_water) if results_log else {}
     service = CollectorService(loaded, Ingest(stats, sinks, high_water), stats)
@@ -423,7 +426,8 @@ async def serve(path: Path, loaded: Loaded) -> int:
             metrics = serve_metrics(stats, *split_host_port(config.metrics_listen),
                                     results=result_metrics,
                                     series_ttl=config.metrics.series_ttl,
-                                    extra=[traces] if traces else [])
+                                    extra=[traces] if traces else [],
+                                    pages={"/status": status} if status else None)
         except OSError as exc:
             log.error("cannot serve /metrics on %s: %s", config.metrics_listen, exc.strerror)
             return 1

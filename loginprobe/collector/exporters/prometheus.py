@@ -8,7 +8,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -420,6 +420,7 @@ class StatsCollector(Collector):
 def serve_metrics(
     stats: Stats, host: str, port: int, results: ResultMetrics | None = None,
     series_ttl: float = 3600.0, extra: Sequence[Collector] = (),
+    pages: Mapping[str, Callable[..., Iterable[bytes]]] | None = None,
 ) -> WSGIServer:
     """Start /metrics on host:port; the caller shuts the returned server down. The format
     follows the scraper's Accept header: OpenMetrics (with exemplars) when asked for. The
@@ -431,7 +432,10 @@ def serve_metrics(
     for collector in extra:
         registry.register(collector)
 
-    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        page = (pages or {}).get(environ.get("PATH_INFO", "").rstrip("/"))
+        if page is not None:  # other WSGI apps sharing the listener (the /status page)
+            return page(environ, start_response)
         encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
         openmetrics = content_type.startswith("application/openmetrics-text")
         body = encoder(registry)
