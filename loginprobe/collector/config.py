@@ -179,7 +179,7 @@ class StatusPage(Strict):
     # environment variable at start), any client sending `Authorization: Bearer TOKEN`.
     token_env: str | None = None
     # Attempts kept per (check, agent, path): memory stays bounded whatever the fleet does.
-    max_attempts: int = Field(default=30, ge=1, le=1000)
+    max_attempts: int = Field(default=10, ge=1, le=1000)
 
 
 class CollectorConfig(Strict):

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from html import escape
+from sys import intern
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
@@ -25,36 +26,26 @@ LATEST_FAILURES = 20
 
 
 @dataclass(frozen=True, slots=True)
-class PhaseRow:
-    name: str
-    ok: bool
-    skipped: bool
-    start_ns: int
-    duration_ns: int
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
 class Attempt:
-    """What the page shows of one result. Messages arrive scrubbed of secrets by the probe,
-    and a result never holds a password (a check names it, the agent resolves it)."""
+    """What the page keeps of one result: what the grid adds up, and the result's own wire
+    bytes (a few hundred, one object) decoded only when an attempt is shown. Messages arrive
+    scrubbed of secrets by the probe, and a result never holds a password (a check names
+    it, the agent resolves it)."""
 
     started_ns: int
     duration_ns: int
     success: bool
     reason: str
-    step: str
-    message: str
-    hint: str
-    url: str
-    phases: tuple[PhaseRow, ...]
+    wire: bytes
 
     @classmethod
     def of(cls, msg: pb.ProbeResult) -> Attempt:
-        return cls(msg.started_at_unix_nano, msg.duration_ns, msg.success, msg.reason,
-                   msg.step, msg.message, msg.hint, msg.url,
-                   tuple(PhaseRow(p.name, p.ok, p.skipped, p.start_offset_ns, p.duration_ns,
-                                  p.message) for p in msg.phases))
+        # Interned: the reason repeats in every attempt kept.
+        return cls(msg.started_at_unix_nano, msg.duration_ns, msg.success,
+                   intern(msg.reason), msg.SerializeToString())
+
+    def full(self) -> pb.ProbeResult:
+        return pb.ProbeResult.FromString(self.wire)
 
 
 @dataclass(slots=True)
@@ -79,7 +70,7 @@ class StatusStore:
     from the metrics listener's threads."""
 
     stats: Stats
-    max_attempts: int = 30
+    max_attempts: int = 10
     series: dict[tuple[str, str, str], Series] = field(default_factory=dict)
     agents: dict[str, AgentRow] = field(default_factory=dict)
     failures: deque[tuple[str, str, str, Attempt]] = field(
@@ -255,9 +246,11 @@ class StatusPage:
     def _failures(self, failures: list[tuple[str, str, str, Attempt]]) -> str:
         out = ["<h2>Latest failures</h2><table><tr><th>when</th><th>check</th><th>agent</th>"
                "<th>path</th><th>reason</th><th>step</th><th>message</th><th>hint</th></tr>"]
-        for check, agent, path, a in reversed(failures):
+        for check, agent, path, kept in reversed(failures):
+            a = kept.full()
             link = escape(urlencode({"check": check, "agent": agent, "path": path}))
-            out.append(f"<tr class='failing'><td><a href='?{link}'>{escape(_when(a.started_ns))}"
+            out.append(f"<tr class='failing'><td><a href='?{link}'>"
+                       f"{escape(_when(a.started_at_unix_nano))}"
                        f"</a></td><td>{escape(check)}</td><td>{escape(agent)}</td>"
                        f"<td>{escape(path)}</td><td>{escape(a.reason)}</td>"
                        f"<td>{escape(a.step)}</td><td><pre>{escape(a.message)}</pre></td>"
@@ -278,12 +271,12 @@ class StatusPage:
             head = (f"{_when(a.started_ns)} {'ok' if a.success else 'FAILED ' + a.reason}"
                     f" {_ms(a.duration_ns)}")
             parts.append(f"<details class='{'ok' if a.success else 'failing'}'><summary>"
-                         f"{escape(head)}</summary>{self._waterfall(a)}</details>")
+                         f"{escape(head)}</summary>{self._waterfall(a.full())}</details>")
         return self._page(f"{check} on {agent} ({path or 'no path'})", parts)
 
     @staticmethod
-    def _waterfall(a: Attempt) -> str:
-        total = max(a.duration_ns, max((p.start_ns + p.duration_ns for p in a.phases),
+    def _waterfall(a: pb.ProbeResult) -> str:
+        total = max(a.duration_ns, max((p.start_offset_ns + p.duration_ns for p in a.phases),
                                        default=0), 1)
         rows = [f"<p>target {escape(a.url)}</p>"]
         if not a.success:
@@ -294,7 +287,7 @@ class StatusPage:
                     "<th>duration</th><th></th><th>message</th></tr>")
         for p in a.phases:
             state = "skipped" if p.skipped else ("ok" if p.ok else "FAIL")
-            left = 400 * p.start_ns / total
+            left = 400 * p.start_offset_ns / total
             width = max(1.0, 400 * p.duration_ns / total)
             bar = "bar" if p.ok or p.skipped else "bar barfail"
             rows.append(f"<tr><td>{escape(p.name)}</td><td>{state}</td>"
