@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
 import os
 import statistics
 import threading
@@ -20,6 +21,8 @@ from urllib.parse import parse_qs, urlencode
 
 from loginprobe.collector.ingest import Accepted, Stats
 from loginprobe.wire import collector_pb2 as pb
+
+log = logging.getLogger(__name__)
 
 HOUR_NS = 3600 * 10**9
 LATEST_FAILURES = 20
@@ -306,4 +309,7 @@ def status_page(stats: Stats, config: Any) -> StatusPage | None:
     if not status.enabled:
         return None
     token = os.environ.get(status.token_env) if status.token_env else None
+    if status.token_env and not token:
+        log.warning("status.token_env names %s, which is unset or empty: the status page "
+                    "answers loopback clients only", status.token_env)
     return StatusPage(StatusStore(stats, status.max_attempts), token or None)
