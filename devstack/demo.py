@@ -139,6 +139,7 @@ def stack(g: Servers, loginprobe: str) -> None:
             lines = [
                 f"collector   {collector.address}  gRPC, TLS (CA {pki.ca_file}), bearer tokens",
                 f"            {collector.metrics_url}",
+                f"status      http://{settings['metrics_listen']}/status   (loopback only)",
                 *(f"agent       http://{a.listen}/healthz   {a.folder.name}: "
                   + " ".join(f"{k}={v}" for k, v in AGENTS[a.folder.name].items())
                   for a in agents),

@@ -89,6 +89,18 @@ class ResultView(Protocol):
     def phases(self) -> Sequence[PhaseView]: ...
     @property
     def tls(self) -> TLSView: ...
+    @property
+    def clock_offset_ns(self) -> int: ...
+
+
+def view_bytes(view: ResultView) -> bytes:
+    """A received result kept compactly (its wire bytes), for a page that shows it later."""
+    assert isinstance(view, pb.ProbeResult)
+    return view.SerializeToString()
+
+
+def view_from_bytes(data: bytes) -> ResultView:
+    return pb.ProbeResult.FromString(data)
 
 
 def to_wire(report: Report) -> pb.ProbeResult:

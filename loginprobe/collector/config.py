@@ -177,6 +177,17 @@ class EventLog(Strict):
     file: Path | None = None  # absent: stderr
 
 
+class StatusPage(Strict):
+    """The read-only /status page on the metrics listener."""
+
+    enabled: bool = True
+    # Without a token the page answers only clients on loopback; with one (read from this
+    # environment variable at start), any client sending `Authorization: Bearer TOKEN`.
+    token_env: str | None = None
+    # Attempts kept per (check, agent, path): memory stays bounded whatever the fleet does.
+    max_attempts: int = Field(default=10, ge=1, le=1000)
+
+
 class CollectorConfig(Strict):
     listen: Address = "127.0.0.1:7443"
     tls: TLS | None = None
@@ -193,6 +204,7 @@ class CollectorConfig(Strict):
     metrics: Metrics = Metrics()
     traces: Traces | None = None
     event_log: EventLog | None = None
+    status: StatusPage = StatusPage()
     log_format: Literal["plain", "json"] = "plain"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     shutdown_grace: Seconds = 5.0

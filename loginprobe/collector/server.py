@@ -405,7 +405,8 @@ async def serve(path: Path, loaded: Loaded) -> int:
             metrics = serve_metrics(fleet, *split_host_port(config.metrics_listen),
                                     results=sinks.metrics,
                                     series_ttl=config.metrics.series_ttl,
-                                    extra=sinks.extra_collectors)
+                                    extra=sinks.extra_collectors,
+                                    pages={"/status": sinks.status} if sinks.status else None)
         except OSError as exc:
             log.error("cannot serve /metrics on %s: %s", config.metrics_listen, exc.strerror)
             return 1

@@ -1,5 +1,5 @@
 """The sinks a collector's config asks for, built in one place: the results log, the
-Prometheus result metrics, OpenTelemetry traces and the event log."""
+Prometheus result metrics, OpenTelemetry traces, the event log and the /status page."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from loginprobe.collector.exporters.log import EventLog
 from loginprobe.collector.exporters.prometheus import ResultMetrics
 from loginprobe.collector.exporters.results_log import ResultsLog
 from loginprobe.collector.ingest import FleetState, Sink
+from loginprobe.collector.status import StatusPage, status_page
 
 
 @dataclass
@@ -22,6 +23,7 @@ class Sinks:
     metrics: ResultMetrics | None = None  # rendered by /metrics
     extra_collectors: list[Collector] = field(default_factory=list)  # more for /metrics
     high_water: dict[str, int] = field(default_factory=dict)  # recovered by the results log
+    status: StatusPage | None = None  # /status, on the metrics listener
 
     def close(self) -> None:
         for sink in self.all:
@@ -52,4 +54,8 @@ def build(config: CollectorConfig, fleet: FleetState) -> Sinks:
         out.extra_collectors.append(traces)  # its dropped-spans counter
     if config.event_log:
         out.all.append(EventLog(fleet, config.event_log.file))
+    if config.metrics_listen:
+        out.status = status_page(fleet, config)
+        if out.status is not None:
+            out.all.append(out.status.store)
     return out

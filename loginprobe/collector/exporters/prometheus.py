@@ -8,7 +8,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -379,6 +379,7 @@ class FleetCollector(Collector):
 def serve_metrics(
     fleet: FleetState, host: str, port: int, results: ResultMetrics | None = None,
     series_ttl: float = 3600.0, extra: Sequence[Collector] = (),
+    pages: Mapping[str, Callable[..., Iterable[bytes]]] | None = None,
 ) -> WSGIServer:
     """Start /metrics on host:port; the caller shuts the returned server down. The format
     follows the scraper's Accept header: OpenMetrics (with exemplars) when asked for. The
@@ -390,12 +391,15 @@ def serve_metrics(
     for collector in extra:
         registry.register(collector)
 
-    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if environ.get("PATH_INFO") == "/healthz":
             # For container and Kubernetes probes: plain HTTP, where the gRPC port's health
             # service would need the collector's TLS settings in every probe.
             start_response("200 OK", [("Content-Type", "text/plain")])
             return [b"ok: serving\n"]
+        page = (pages or {}).get(environ.get("PATH_INFO", "").rstrip("/"))
+        if page is not None:  # other WSGI apps sharing the listener (the /status page)
+            return page(environ, start_response)
         encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
         openmetrics = content_type.startswith("application/openmetrics-text")
         body = encoder(registry)
