@@ -224,4 +224,7 @@ async def probe(attempt: Attempt) -> None:
         attempt.note("*", message)
         if code != 0:
             raise ProbeFailure(reason, message)
+        if attempt.keep:
+            attempt.held = conn  # a session holder keeps the connection open
+            return
         await conn.send(b"\xe0\x00", shown="DISCONNECT")

@@ -43,7 +43,17 @@ async def run_check(
 ) -> Result:
     """One login attempt against target within options.timeout; never raises for a failing
     target."""
+    result, _ = await run_login(target, options, clock)
+    return result
+
+
+async def run_login(
+    target: Target, options: ProbeOptions, clock: Clock = time.monotonic_ns, keep: bool = False
+) -> tuple[Result, object | None]:
+    """run_check, and with keep=True the live connection of a successful login (the
+    probe's own object: an XMPP Session, an MQTT Conn) instead of closing it."""
     attempt = Attempt(target, options, clock)
+    attempt.keep = keep
     reason, message = Reason.OK, "logged in"
     try:
         try:
@@ -65,8 +75,10 @@ async def run_check(
         # The verdict is in: closing politely afterwards is not part of the attempt.
         attempt.ended_ns = attempt.now()
     finally:
-        for conn in attempt.conns:
-            await conn.close()
+        if reason is not Reason.OK or attempt.held is None:
+            attempt.held = None
+            for conn in attempt.conns:
+                await conn.close()
     if reason is not Reason.OK:
         attempt.note("*", f"failed: {reason}: {message}")
-    return attempt.result(reason, message)
+    return attempt.result(reason, message), attempt.held

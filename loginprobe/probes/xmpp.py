@@ -309,6 +309,9 @@ async def probe(attempt: Attempt) -> None:
         features = await session.open_stream()
         jid = await session.bind(features)
         attempt.note("*", f"logged in as {jid}")
+    if attempt.keep:
+        attempt.held = session  # a session holder keeps the stream open
+        return
     await session.close()
 
 
