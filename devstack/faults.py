@@ -79,6 +79,14 @@ def reject_icmp_unreachable(port: int) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def drop_all(port: int) -> Iterator[None]:
+    """Every packet to `port` on loopback is dropped, established connections too: a dead
+    network under a held session."""
+    with _input_rule(f"tcp dport {port} drop"):
+        yield
+
+
 def remove_all() -> None:
     """Deletes the whole table: for cleaning up after a killed test run."""
     with contextlib.suppress(FaultError):
