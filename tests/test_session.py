@@ -87,9 +87,11 @@ async def test_server_restart_drop_then_reconnect(
     await task
     drops = [e for e in events if e["event"] == "drop"]
     assert len(drops) == 1, events
-    # prosody ends its stream with <system-shutdown/>; mosquitto just closes.
+    # prosody ends its stream with <system-shutdown/>; mosquitto just closes, cleanly.
     want = {"xmpp": "server_unavailable", "mqtt": "session_closed"}[protocol]
-    assert drops[0]["reason"] in (want, "session_closed", "tcp_reset"), drops
+    assert drops[0]["reason"] == want, drops
+    if protocol == "xmpp":
+        assert "system-shutdown" in drops[0]["message"]
     reconnects = [e for e in events if e["event"] == "reconnect"]
     assert reconnects and reconnects[-1]["success"]
     assert [e["attempts"] for e in reconnects] == list(range(1, len(reconnects) + 1))
@@ -151,3 +153,33 @@ def test_nonsense_hold_or_keepalive_is_a_usage_error(
     monkeypatch.setenv("LOGINPROBE_PASSWORD", "x")
     assert main(["session", "mqtt://alice@127.0.0.1:1", *argv]) == 2
     assert flag in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("protocol", ["xmpp", "mqtt"])
+async def test_tcp_reset_mid_session(ground: Ground, protocol: str) -> None:
+    port = ground.xmpp_port if protocol == "xmpp" else ground.mqtt_port
+    events: list[Event] = []
+    dropped = asyncio.Event()
+
+    def emit(event: Event) -> None:
+        events.append(event)
+        if event["event"] == "drop":
+            dropped.set()
+
+    task = asyncio.create_task(
+        hold_session(
+            parse_target(_url(ground, protocol)),
+            options(ground, timeout=1.0),
+            SessionOptions(0.2, 1.0, hold=3.0),
+            sdk_backoff(0.1, 2.0, 0.3),
+            emit,
+        )
+    )
+    await asyncio.sleep(0.4)
+    with faults.reset_all(port):
+        async with asyncio.timeout(3):
+            await dropped.wait()
+    await task
+    drop = next(e for e in events if e["event"] == "drop")
+    assert drop["reason"] == "tcp_reset", drop
+    assert [e for e in events if e["event"] == "reconnect"][-1]["success"]

@@ -76,7 +76,9 @@ class XmppKeeper:
             stanza = await self.session.stream.next()
         except ProbeFailure as failure:
             raise Drop(_closed(self.conn, failure), failure.message, time.monotonic()) from None
-        self.conn.attempt.bytes_read = 0  # the size limit is per exchange, not per session
+        # The size limit is per exchange, not per session. Not 0: to the stream reader, no
+        # byte read yet means the port never spoke XMPP.
+        self.conn.attempt.bytes_read = 1
         return stanza
 
     async def ping(self) -> None:
@@ -267,7 +269,7 @@ async def _run(
                     await keeper_close_quietly(keeper)
                     emit({
                         "event": "drop", "at": _now(), "reason": drop.reason.value,
-                        "step": drop.reason.step, "message": drop.message,
+                        "step": drop.reason.step.value, "message": drop.message,
                         "hint": drop.reason.hint,
                         "session_seconds": round(drop.at - up_since, 3),
                     })
