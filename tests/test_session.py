@@ -5,6 +5,7 @@ usage errors."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -183,3 +184,20 @@ async def test_tcp_reset_mid_session(ground: Ground, protocol: str) -> None:
     drop = next(e for e in events if e["event"] == "drop")
     assert drop["reason"] == "tcp_reset", drop
     assert [e for e in events if e["event"] == "reconnect"][-1]["success"]
+
+
+def test_session_command_json_lines(
+    ground: Ground, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LOGINPROBE_PASSWORD", ground.password)
+    argv = ["session", _url(ground, "mqtt"), "--hold", "1.2s", "--keepalive", "0.3", "--json"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert lines[0]["event"] == "login" and lines[0]["success"]
+    assert lines[0]["phases"] and "keepalive" in [e["event"] for e in lines]
+    summary = lines[-1]
+    assert summary["event"] == "summary"
+    assert (summary["sessions"], summary["drops"], summary["uptime_ratio"] > 0.5) == (1, 0, True)
+    assert set(summary["keepalive_rtt_seconds"]) == {"p50", "p90", "p99"}
+    assert ground.password not in out
