@@ -11,11 +11,12 @@ from typing import Any
 
 import pytest
 
-from devstack import faults
+from devstack import fakes, faults
 from devstack.ground import Ground
 from loginprobe.agent.backoff import Backoff
 from loginprobe.agent.sessions import sdk_backoff
 from loginprobe.cli import main
+from loginprobe.probes.attempt import ProbeOptions
 from loginprobe.probes.session import Event, SessionOptions, Summary, hold_session
 from loginprobe.target import parse_target
 from tests.probing import options
@@ -201,3 +202,23 @@ def test_session_command_json_lines(
     assert (summary["sessions"], summary["drops"], summary["uptime_ratio"] > 0.5) == (1, 0, True)
     assert set(summary["keepalive_rtt_seconds"]) == {"p50", "p90", "p99"}
     assert ground.password not in out
+
+
+@pytest.mark.parametrize("then,reason", [("flood", "protocol_error"), ("close", "session_closed")])
+async def test_mqtt_server_that_floods_or_closes_cleanly(then: str, reason: str) -> None:
+    # No broker floods or hangs up without a DISCONNECT on demand: a fake one that accepts
+    # the login (CONNACK 0) and then does.
+    async with fakes.serve(fakes.scripted(b"\x20\x02\x00\x00", then=then)) as port:
+        events: list[Event] = []
+        await hold_session(
+            parse_target(f"mqtt://alice@127.0.0.1:{port}"),
+            ProbeOptions(password="x", timeout=2.0),
+            SessionOptions(5.0, 1.0, hold=1.0),
+            sdk_backoff(0.5, 2.0, 1.0, rand=lambda: 1.0),
+            events.append,
+        )
+    drop = next(e for e in events if e["event"] == "drop")
+    assert drop["reason"] == reason, drop
+    if then == "flood":
+        assert "more than" in drop["message"]  # cut off at the size limit, not after the hold
+        assert drop["session_seconds"] < 0.9
