@@ -222,3 +222,15 @@ async def test_mqtt_server_that_floods_or_closes_cleanly(then: str, reason: str)
     if then == "flood":
         assert "more than" in drop["message"]  # cut off at the size limit, not after the hold
         assert drop["session_seconds"] < 0.9
+
+
+def test_session_command_text(
+    ground: Ground, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LOGINPROBE_PASSWORD", ground.password)
+    where = ["--resolver", ground.resolver, "--ca-file", str(ground.ca_file)]
+    argv = ["session", _url(ground, "xmpp"), *where, "--hold", "0.8", "--keepalive", "0.3"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert " logged in (" in out and "keepalive round trip" in out
+    assert "summary: 1 session(s), 0 drop(s)" in out
