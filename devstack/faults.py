@@ -87,6 +87,22 @@ def reset_after_handshake(port: int) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def drop_all(port: int) -> Iterator[None]:
+    """Every packet to `port` on loopback is dropped, established connections too: a dead
+    network under a held session."""
+    with _input_rule(f"tcp dport {port} drop"):
+        yield
+
+
+@contextlib.contextmanager
+def reset_all(port: int) -> Iterator[None]:
+    """Every packet to `port` on loopback is answered with a TCP reset, established
+    connections too: a middlebox killing a held session."""
+    with _input_rule(f"tcp dport {port} reject with tcp reset"):
+        yield
+
+
 def remove_all() -> None:
     """Deletes the whole table: for cleaning up after a killed test run."""
     with contextlib.suppress(FaultError):

@@ -338,6 +338,25 @@ class Servers:
         self._wait("json-login", lambda: self._expect(http_get(self._json_port, "/ready"), 200))
         self._wait("nginx", self._check_http)
 
+    def server_down(self, name: str) -> None:
+        """Stop one server ("prosody" or "mosquitto") the way a deploy does (SIGTERM)."""
+        proc = self._procs.pop(name)
+        proc.terminate()
+        try:
+            proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def server_up(self, name: str) -> None:
+        """Start a server stopped by server_down again, on the same ports, and wait for it."""
+        start, check = {
+            "prosody": (self._start_prosody, self._check_xmpp),
+            "mosquitto": (self._start_mosquitto, self._check_mqtt),
+        }[name]
+        start()
+        self._wait(name, check)
+
     def stop(self) -> None:
         """Stops every server (SIGTERM, then SIGKILL) and removes the temp directory."""
         for proc in self._procs.values():
@@ -565,12 +584,12 @@ forward-zone:
         assert self._pki is not None
         base = self._dir("prosody")
         plugins = base / "plugins"
-        plugins.mkdir()
+        plugins.mkdir(exist_ok=True)
         (plugins / "mod_ground_ban.lua").write_text(_BAN_PLUGIN)
-        (base / "data").mkdir()
+        (base / "data").mkdir(exist_ok=True)
         # prosody indexes this folder for certificates by name; keep it empty so only the
         # explicit ssl settings below count (the broken certificates must never be picked).
-        (base / "certs").mkdir()
+        (base / "certs").mkdir(exist_ok=True)
         cert, key = self._pki.valid.cert, self._pki.valid.key
         ssl_conf = f'{{ certificate = "{cert}"; key = "{key}"; }}'
         self._prosody_cfg.write_text(f"""\

@@ -9,11 +9,15 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from loginprobe import __version__
 from loginprobe.address import check_interface, check_source_address, parse_resolver
 from loginprobe.config import ConfigError, check_ca_file
 from loginprobe.target import Target, TargetError, parse_target
+
+if TYPE_CHECKING:
+    from loginprobe.probes.attempt import ProbeOptions
 
 DEFAULT_PASSWORD_ENV = "LOGINPROBE_PASSWORD"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -63,6 +67,53 @@ def _positive(text: str) -> float:
     return value
 
 
+def _add_check_options(p: argparse.ArgumentParser) -> None:
+    """The options check and session share."""
+    p.add_argument("url", help="target URL, e.g. xmpp://alice@example.com")
+    pw = p.add_mutually_exclusive_group()
+    pw.add_argument(
+        "--password-env",
+        metavar="NAME",
+        help=f"read the password from $NAME (default {DEFAULT_PASSWORD_ENV})",
+    )
+    pw.add_argument("--password-file", metavar="PATH", help="read the password from this file")
+    p.add_argument(
+        "--ca-file", metavar="PEM", help="trust this CA bundle instead of the system's"
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="do not fail on certificate problems (still recorded)",
+    )
+    p.add_argument("--resolver", metavar="IP[:PORT]", help="send DNS queries to this server")
+    p.add_argument(
+        "--timeout",
+        type=_positive,
+        default=10.0,
+        metavar="SECONDS",
+        help="deadline for the whole attempt (default 10)",
+    )
+    p.add_argument("--interface", metavar="IFACE", help="bind the connection to this interface")
+    p.add_argument(
+        "--source", metavar="ADDR", help="bind the connection to this source address"
+    )
+    p.add_argument(
+        "--ping", action="store_true", help="add an ICMP ping phase (needs CAP_NET_RAW)"
+    )
+    p.add_argument(
+        "--no-follow-up", dest="follow_up", action="store_false",
+        help="after a failure that suggests the wrong protocol, TLS mode or port, do not make "
+        "the short follow-up connections that find out what the port speaks",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="add the protocol transcript (credentials redacted)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="loginprobe",
@@ -77,48 +128,22 @@ def build_parser() -> argparse.ArgumentParser:
         description="One login attempt against URL: dns, tcp, tls and login, each timed; "
         "exit 0 when the login worked, 1 when it failed, 2 on a usage error.",
     )
-    check.add_argument("url", help="target URL, e.g. xmpp://alice@example.com")
-    pw = check.add_mutually_exclusive_group()
-    pw.add_argument(
-        "--password-env",
-        metavar="NAME",
-        help=f"read the password from $NAME (default {DEFAULT_PASSWORD_ENV})",
+    _add_check_options(check)
+    session = sub.add_parser(
+        "session",
+        help="log in and hold the session with keepalives; reconnect after drops",
+        description="Log in to URL and hold the session with the protocol's keepalive; on a "
+        "drop, reconnect with exponential backoff and full jitter. Exit 0 when the session "
+        "ended as planned with no drop, 1 on a drop or a failed first login, 2 on a usage error.",
     )
-    pw.add_argument("--password-file", metavar="PATH", help="read the password from this file")
-    check.add_argument(
-        "--ca-file", metavar="PEM", help="trust this CA bundle instead of the system's"
+    _add_check_options(session)
+    session.add_argument(
+        "--hold",
+        metavar="DURATION",
+        help="how long to hold, e.g. 90s, 10m, 1h (default: until interrupted)",
     )
-    check.add_argument(
-        "--insecure",
-        action="store_true",
-        help="do not fail on certificate problems (still recorded)",
-    )
-    check.add_argument("--resolver", metavar="IP[:PORT]", help="send DNS queries to this server")
-    check.add_argument(
-        "--timeout",
-        type=_positive,
-        default=10.0,
-        metavar="SECONDS",
-        help="deadline for the whole attempt (default 10)",
-    )
-    check.add_argument("--interface", metavar="IFACE", help="bind the connection to this interface")
-    check.add_argument(
-        "--source", metavar="ADDR", help="bind the connection to this source address"
-    )
-    check.add_argument(
-        "--ping", action="store_true", help="add an ICMP ping phase (needs CAP_NET_RAW)"
-    )
-    check.add_argument(
-        "--no-follow-up", dest="follow_up", action="store_false",
-        help="after a failure that suggests the wrong protocol, TLS mode or port, do not make "
-        "the short follow-up connections that find out what the port speaks",
-    )
-    check.add_argument("--json", action="store_true", help="print one JSON object")
-    check.add_argument(
-        "-v",
-        "--verbose",
-        action="store_true",
-        help="add the protocol transcript (credentials redacted)",
+    session.add_argument(
+        "--keepalive", metavar="SECONDS", default="30", help="keepalive interval (default 30)"
     )
     for name, job in (
         ("agent", "run the agent: schedule checks, stream results to the collector"),
@@ -133,9 +158,50 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_check_command(args: argparse.Namespace) -> int:
-    from loginprobe.probes.attempt import ProbeOptions
     from loginprobe.probes.run import run_check
     from loginprobe.render import waterfall
+
+    target, options = _target_and_options(args)
+    result = asyncio.run(run_check(target, options))
+    if args.json:
+        print(json.dumps(result.to_dict(transcript=args.verbose)))
+    else:
+        print(waterfall(result, transcript=args.verbose))
+    return EXIT_OK if result.success else EXIT_FAILED
+
+
+def _duration(flag: str, text: str) -> float:
+    """A duration like 30, 30s, 10m, 1h: a positive number of seconds, or a usage error."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+    number, scale = (text[:-1], units[text[-1]]) if text[-1:] in units else (text, 1.0)
+    try:
+        value = float(number) * scale
+    except ValueError:
+        raise UsageError(f"{flag} {text!r}: not a duration (e.g. 30s, 10m, 1h)") from None
+    if not 0 < value < float("inf"):
+        raise UsageError(f"{flag} {text!r}: must be more than zero")
+    return value
+
+
+def run_session_command(args: argparse.Namespace) -> int:
+    from loginprobe.agent.sessions import MAX_KEEPALIVE, run_session
+
+    target, options = _target_and_options(args)
+    hold = _duration("--hold", args.hold) if args.hold is not None else None
+    keepalive = _duration("--keepalive", args.keepalive)
+    if keepalive > MAX_KEEPALIVE:
+        raise UsageError(
+            f"--keepalive {args.keepalive!r}: above {MAX_KEEPALIVE:g}s, the longest keepalive "
+            "servers accept (MQTT's 16-bit keepalive field; XMPP servers time idle streams out "
+            "sooner)"
+        )
+    if target.protocol not in ("xmpp", "mqtt"):
+        raise UsageError(f"{args.url}: sessions are held for XMPP and MQTT logins only")
+    return run_session(target, options, hold, keepalive, as_json=args.json)
+
+
+def _target_and_options(args: argparse.Namespace) -> tuple[Target, ProbeOptions]:
+    from loginprobe.probes.attempt import ProbeOptions
 
     try:
         target = parse_target(args.url)
@@ -160,12 +226,7 @@ def run_check_command(args: argparse.Namespace) -> int:
         ping=args.ping,
         follow_up=args.follow_up,
     )
-    result = asyncio.run(run_check(target, options))
-    if args.json:
-        print(json.dumps(result.to_dict(transcript=args.verbose)))
-    else:
-        print(waterfall(result, transcript=args.verbose))
-    return EXIT_OK if result.success else EXIT_FAILED
+    return target, options
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -176,6 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "check":
             return run_check_command(args)
+        if args.command == "session":
+            return run_session_command(args)
         if args.command == "agent":
             from loginprobe.agent.main import run as run_agent
 

@@ -89,6 +89,10 @@ class Attempt:
         self.bytes_read = 0
         self.ended_ns: int | None = None
         self.conns: list[Conn] = []  # closed by the runner, whatever happened
+        # Set by a session holder: a probe that logged in hands its live connection over
+        # (as `held`) instead of closing it.
+        self.keep = False
+        self.held: object | None = None
 
     def verdict(self) -> None:
         """The verdict is in: the attempt's duration ends here, whatever the polite close

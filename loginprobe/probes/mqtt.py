@@ -247,6 +247,9 @@ async def probe(attempt: Attempt) -> None:
         attempt.note("*", message)
         if code != 0:
             raise ProbeFailure(reason, message)
+        if attempt.keep:
+            attempt.held = conn  # a session holder keeps the connection open
+            return
     # The verdict is in; the DISCONNECT after it is manners, not login time.
     attempt.verdict()
     await conn.send(b"\xe0\x00", shown="DISCONNECT")

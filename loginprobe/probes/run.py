@@ -52,6 +52,15 @@ async def run_check(
 ) -> Result:
     """One login attempt against target within options.timeout; never raises for a failing
     target."""
+    result, _ = await run_login(target, options, clock)
+    return result
+
+
+async def run_login(
+    target: Target, options: ProbeOptions, clock: Clock = time.monotonic_ns, keep: bool = False
+) -> tuple[Result, object | None]:
+    """run_check, and with keep=True the live connection of a successful login (the
+    probe's own object: an XMPP Session, an MQTT Conn) instead of closing it."""
     try:
         probe = probe_for(target.protocol)  # imported before the clock starts, not inside it
     except Exception:  # a broken install must still yield Results that say so
@@ -60,6 +69,7 @@ async def run_check(
         async def probe(attempt: Attempt) -> None:
             raise RuntimeError(f"the {target.protocol} probe cannot be loaded")
     attempt = Attempt(target, options, clock)
+    attempt.keep = keep
     reason, message = Reason.OK, BY_NAME[target.protocol].done
     try:
         try:
@@ -85,8 +95,10 @@ async def run_check(
         if _may_follow_up(attempt, reason, message, options):
             reason, message = await mismatch.investigate(attempt, reason, message)
     finally:
-        for conn in attempt.conns:
-            await conn.close()
+        if reason is not Reason.OK or attempt.held is None:
+            attempt.held = None
+            for conn in attempt.conns:
+                await conn.close()
     if reason is not Reason.OK:
         attempt.note("*", f"failed: {reason}: {message}")
-    return attempt.result(reason, message)
+    return attempt.result(reason, message), attempt.held

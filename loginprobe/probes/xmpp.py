@@ -304,6 +304,9 @@ async def probe(attempt: Attempt) -> None:
         features = await session.open_stream()
         jid = await session.bind(features)
         attempt.note("*", f"logged in as {jid}")
+    if attempt.keep:
+        attempt.held = session  # a session holder keeps the stream open
+        return
     # The verdict is in: the duration ends here, however late the server closes its stream.
     attempt.verdict()
     await session.close()
