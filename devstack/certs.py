@@ -20,7 +20,7 @@ CA_NAME = "loginprobe Test CA"
 LOOPBACK = "127.0.0.1"
 # Every name a probe may ask for on the servers; "localhost" and 127.0.0.1 let a test
 # connect by address and still verify.
-SERVER_NAMES = ("xmpp.test", "mqtt.test", "http.test", "localhost")
+SERVER_NAMES = ("xmpp.test", "mqtt.test", "http.test", "localhost", "matrix.test")
 SERVER_IPS = (LOOPBACK,)
 WRONG_NAME = "other.test"
 DAY = dt.timedelta(days=1)

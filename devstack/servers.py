@@ -9,8 +9,8 @@ own servers) can run side by side.
         ...  # g.xmpp_port, g.resolver, g.ca_file, g.password ...
 
 What is there (all on 127.0.0.1; certificates from the CA in `ca_file`, valid for
-xmpp.test, mqtt.test, http.test, localhost and 127.0.0.1):
-- DNS at `resolver` ("127.0.0.1:PORT"): A for xmpp/mqtt/http.test; v6.test has A and
+xmpp.test, mqtt.test, http.test, matrix.test, localhost and 127.0.0.1):
+- DNS at `resolver` ("127.0.0.1:PORT"): A for xmpp/mqtt/http/matrix.test; v6.test has A and
   AAAA ::1, ipv6.test only AAAA; noaddr.test only TXT (no address); nope.test and the
   like NXDOMAIN; slow.deny.test no answer (timeout); x.fail.test SERVFAIL;
   _xmpp-client._tcp / _xmpps-client._tcp.xmpp.test SRV to the prosody ports
@@ -50,7 +50,7 @@ import dns.message
 import dns.query
 import dns.rdatatype
 
-from devstack.certs import TestPKI, make_pki
+from devstack.certs import CertPair, TestPKI, make_pki
 
 USER = "alice"
 PASSWORD = "s3cret-Pa55word!"
@@ -493,6 +493,13 @@ class Servers:
         """A TLS client context that trusts the servers' CA."""
         return ssl.create_default_context(cafile=str(self.ca_file))
 
+    @property
+    def certificate(self) -> CertPair:
+        """The valid server certificate and its key, for a server started beside these
+        (devstack/synapse.py)."""
+        assert self._pki is not None
+        return self._pki.valid
+
     def server_context(self) -> ssl.SSLContext:
         """A TLS server context with the servers' valid certificate, for a fault server that
         stands in front of a real one (devstack/fakes.py)."""
@@ -515,6 +522,7 @@ class Servers:
             f"xmpp.test. {ttl} A 127.0.0.1",
             f"mqtt.test. {ttl} A 127.0.0.1",
             f"http.test. {ttl} A 127.0.0.1",
+            f"matrix.test. {ttl} A 127.0.0.1",
             f"v6.test. {ttl} A 127.0.0.1",
             f"v6.test. {ttl} AAAA ::1",
             f"ipv6.test. {ttl} AAAA ::1",

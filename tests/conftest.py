@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from devstack.servers import Servers
+from devstack.synapse import Synapse
 
 
 @pytest.fixture(scope="session")
@@ -14,3 +15,11 @@ def servers() -> Iterator[Servers]:
     """Real unbound, prosody, mosquitto and nginx on loopback, for the whole test session."""
     with Servers() as g:
         yield g
+
+
+@pytest.fixture(scope="session")
+def synapse(servers: Servers) -> Iterator[Synapse]:
+    """A real matrix-synapse behind nginx's TLS, shared by the session: it takes seconds to
+    start."""
+    with Synapse(servers) as hs:
+        yield hs
