@@ -59,6 +59,11 @@ PROTOCOLS: tuple[Protocol, ...] = (
              done="connected"),
     Protocol("tls", (Scheme("tls", "direct", None),), probe="handshake", logs_in=False,
              done="TLS established"),
+    Protocol(
+        "matrix",
+        (Scheme("matrix", "direct", 443),),
+        probe="matrix", needs_user=True, well_known_ports=(443, 8448),
+    ),
 )
 
 BY_NAME: dict[str, Protocol] = {p.name: p for p in PROTOCOLS}

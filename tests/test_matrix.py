@@ -6,6 +6,7 @@ fails here, so no protocol or transport ships without its row."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from devstack.servers import Servers
 from loginprobe.contract import Reason, Step
@@ -23,6 +24,7 @@ URLS: dict[str, str] = {
     "https": "https://alice@http.test:{port}/login",
     "tcp": "tcp://127.0.0.1:{port}",
     "tls": "tls://127.0.0.1:{port}",
+    "matrix": "matrix://alice@http.test:{port}",
 }
 
 OK = (Reason.OK, None)
@@ -109,7 +111,7 @@ EXPECT: dict[str, dict[str, Cell]] = {
         "https_tls11_port": also(Reason.PROTOCOL_ERROR, "speaks TLS: use https://"),
     },
     "https": {
-        "dns_port": (Reason.TCP_RESET, None),
+        "dns_port": (Reason.TLS_TIMEOUT, None),
         "xmpp_port": mismatch("speaks XMPP: use xmpp://"),
         "xmpps_port": (Reason.TLS_HANDSHAKE_FAILED, None),
         "mqtt_port": mismatch("speaks MQTT: use mqtt://"),
@@ -124,7 +126,7 @@ EXPECT: dict[str, dict[str, Cell]] = {
     # A TCP handshake is the whole check: every listening port passes.
     "tcp": {},
     "tls": {
-        "dns_port": (Reason.TCP_RESET, None),
+        "dns_port": (Reason.TLS_TIMEOUT, None),
         "xmpp_port": mismatch("speaks XMPP: use xmpp://"),
         "xmpps_port": OK,
         "mqtt_port": mismatch("speaks MQTT: use mqtt://"),
@@ -135,6 +137,24 @@ EXPECT: dict[str, dict[str, Cell]] = {
         "mqtts_selfsigned_port": (Reason.TLS_CERT_UNTRUSTED, None),
         "http_port": mismatch("speaks HTTP: use http://"),
         "https_port": OK,
+        "https_tls11_port": (Reason.TLS_VERSION_MISMATCH, None),
+    },
+    "matrix": {
+        "dns_port": (Reason.TLS_TIMEOUT, None),
+        "xmpp_port": mismatch("speaks XMPP: use xmpp://"),
+        # prosody knows no http.test: a TLS alert, TLS spoken back, so no follow-up.
+        "xmpps_port": (Reason.TLS_HANDSHAKE_FAILED, None),
+        "mqtt_port": mismatch("speaks MQTT: use mqtt://"),
+        "mqtts_port": also(Reason.PROTOCOL_ERROR, "speaks MQTT over TLS: use mqtts://"),
+        "mqtts_expired_port": (Reason.TLS_CERT_EXPIRED, None),
+        "mqtts_wronghost_port": (Reason.TLS_HOSTNAME_MISMATCH, None),
+        "mqtts_selfsigned_port": (Reason.TLS_CERT_UNTRUSTED, None),
+        "http_port": mismatch("speaks HTTP: use http://"),
+        # nginx, but no Matrix homeserver: the probe itself says so, with no follow-up.
+        "https_port": mismatch(
+            "speaks HTTP over TLS, but https://http.test:{port} serves no Matrix client API: "
+            "use the homeserver's name, or publish its /.well-known/matrix/client there"
+        ),
         "https_tls11_port": (Reason.TLS_VERSION_MISMATCH, None),
     },
 }
@@ -176,10 +196,15 @@ async def test_every_scheme_against_every_port(servers: Servers) -> None:
             missing = sorted(set(ports) - set(EXPECT[scheme]))
             assert not missing, f"{scheme}: servers ports without an expectation: {missing}"
     slots = asyncio.Semaphore(8)
+    # The DNS port's cells one at a time: unbound shortens its TCP timeout while several
+    # connections are open, so they would otherwise judge each other (a reset or a timeout
+    # by how many schemes there are).
+    dns_lane = asyncio.Semaphore(1)
 
     async def cell(scheme: str, port_name: str) -> str | None:
         port = ports[port_name]
-        async with slots:
+        lane = dns_lane if port_name == "dns_port" else contextlib.nullcontext()
+        async with lane, slots:
             # A short deadline: the DNS port's cells run into it.
             result = await check(URLS[scheme].format(port=port), options(servers, timeout=1.0))
         return _judge(scheme, port_name, port, result)

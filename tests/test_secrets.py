@@ -13,6 +13,7 @@ import pytest
 
 from devstack import fakes
 from devstack.servers import Servers
+from devstack.synapse import Synapse
 
 WRONG = "Wr0ng-but-still-Secret"
 
@@ -42,10 +43,16 @@ async def run_cli(args: list[str], password: str) -> tuple[int, str]:
     return proc.returncode, out.decode() + err.decode()
 
 
-def cases(g: Servers) -> list[tuple[str, str, str]]:
+def cases(g: Servers, hs: Synapse) -> list[tuple[str, str, str]]:
     """(url, password, expected reason) across protocols and failure kinds."""
     pw = g.password
     return [
+        (f"matrix://alice@matrix.test:{hs.port}", pw, "ok"),
+        (f"matrix://alice@http.test:{hs.delegating_port}", pw, "ok"),
+        (f"matrix://alice@matrix.test:{hs.port}", WRONG, "auth_rejected"),
+        (f"matrix://nobody@matrix.test:{hs.port}", WRONG, "auth_rejected"),
+        (f"matrix://{hs.deactivated_user}@matrix.test:{hs.port}", pw, "auth_not_authorized"),
+        (f"matrix://alice@http.test:{g.https_port}", pw, "protocol_mismatch"),
         ("xmpp://alice@xmpp.test", pw, "ok"),
         ("xmpps://alice@xmpp.test", pw, "ok"),
         (f"mqtts://alice@mqtt.test:{g.mqtts_port}?version=5", pw, "ok"),
@@ -75,7 +82,7 @@ def cases(g: Servers) -> list[tuple[str, str, str]]:
     ]
 
 
-async def test_no_output_ever_shows_the_password(servers: Servers) -> None:
+async def test_no_output_ever_shows_the_password(servers: Servers, synapse: Synapse) -> None:
     common = ["--resolver", servers.resolver, "--ca-file", str(servers.ca_file), "--verbose"]
     slots = asyncio.Semaphore(4)
 
@@ -86,10 +93,11 @@ async def test_no_output_ever_shows_the_password(servers: Servers) -> None:
         assert code == (0 if reason == "ok" else 1)
         for secret in forms(password, user=url.split("//")[1].split("@")[0]):
             assert secret not in output, (url, fmt)
+        assert "syt_" not in output, (url, fmt)  # nor a Matrix access token
         return reason
 
     seen = await asyncio.gather(
-        *(one(*case, fmt) for case in cases(servers) for fmt in ([], ["--json"]))
+        *(one(*case, fmt) for case in cases(servers, synapse) for fmt in ([], ["--json"]))
     )
     assert len(set(seen)) >= 12
 
@@ -124,6 +132,7 @@ async def test_hostile_servers_do_not_see_the_password_echoed(
         "xmpp://alice@xmpp.test:{port}?host=127.0.0.1",
         "http://alice@127.0.0.1:{port}/login",
         "http://alice@127.0.0.1:{port}/login?auth=json",
+        "matrix://alice@127.0.0.1:{port}",
     ],
 )
 async def test_the_follow_up_never_sends_the_password(url: str) -> None:

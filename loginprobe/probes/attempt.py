@@ -93,6 +93,8 @@ class Attempt:
         # (as `held`) instead of closing it.
         self.keep = False
         self.held: object | None = None
+        # Secrets learned during the attempt (an access token), scrubbed like the password.
+        self.secrets: list[str] = []
 
     def verdict(self) -> None:
         """The verdict is in: the attempt's duration ends here, whatever the polite close
@@ -161,6 +163,8 @@ class Attempt:
         pw = self.options.password
         if pw:
             text = text.replace(pw, REDACTED)
+        for secret in self.secrets:
+            text = text.replace(secret, REDACTED)
         return _CONTROL.sub(_escape, text)
 
 
@@ -196,6 +200,9 @@ class Conn:
         self.writer = writer
         # Binary protocols (MQTT) read better in the transcript as hex than as text.
         self.binary = False
+        # While set, received bytes are counted but not transcribed (they carry a token that
+        # a read may split, beyond what scrub() can find); the probe notes a redacted form.
+        self.redact_received = False
         attempt.conns.append(self)
 
     async def send(self, data: bytes, shown: str | None = None) -> None:
@@ -209,7 +216,9 @@ class Conn:
 
     def _account(self, data: bytes) -> bytes:
         self.attempt.bytes_read += len(data)
-        if data:
+        if data and self.redact_received:
+            self.attempt.note("<", f"({len(data)} bytes, shown redacted below)")
+        elif data:
             self.attempt.note("<", hexdump(data) if self.binary else printable(data))
         if self.attempt.bytes_read > MAX_TOTAL_BYTES:
             raise ProbeFailure(

@@ -105,10 +105,11 @@ def _parser_for(attempt: Attempt) -> h11.Connection:
     return parser
 
 
-async def read_head(conn: Conn) -> Response:
+async def read_head(conn: Conn, parser: h11.Connection | None = None) -> Response:
     """Read up to the end of the final response's headers (1xx interim answers, 100
-    Continue or 103 Early Hints, are skipped), all of it counted against MAX_HEAD_BYTES."""
-    parser = _parser_for(conn.attempt)
+    Continue or 103 Early Hints, are skipped), all of it counted against MAX_HEAD_BYTES.
+    `parser` knows the request sent (default: the login request of the attempt's URL)."""
+    parser = parser or _parser_for(conn.attempt)
     received = 0
     while True:
         try:

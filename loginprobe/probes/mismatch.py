@@ -39,6 +39,7 @@ _NAMES = {
     "mqtt": "MQTT",
     "ssh": "SSH",
     "smtp": "SMTP",
+    "matrix": "Matrix",
 }
 _SMTP = re.compile(rb"^2[0-9]{2}[ -]")
 
@@ -118,6 +119,8 @@ def hung_up(attempt: Attempt, failure: ProbeFailure, opening: str) -> ProbeFailu
 def suspicious(attempt: Attempt, reason: Reason, message: str) -> bool:
     """Whether a failure fell in the TCP/TLS/first-exchange window in a way that suggests
     the wrong protocol, TLS mode or port, so that a follow-up may find out which."""
+    if attempt.findings:
+        return False  # the probe itself found out what the port speaks
     if reason is Reason.TCP_REFUSED:
         return bool(BY_NAME[attempt.target.protocol].well_known_ports)
     if reason is Reason.PROTOCOL_MISMATCH:

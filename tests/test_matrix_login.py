@@ -1,0 +1,202 @@
+"""The Matrix probe against a real matrix-synapse behind nginx's TLS: logins good and bad,
+server discovery through .well-known, rate limiting, and a web server that is no Matrix
+homeserver; each asserting the reason, its step, and where the attempt stopped."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import urllib.request
+from typing import Any
+
+from devstack.servers import Servers
+from devstack.synapse import Synapse
+from loginprobe.contract import Reason, Step
+from loginprobe.result import Result
+from tests.probing import check, options, phases
+
+LOGGED_IN = [("dns", True), ("tcp", True), ("tls", True), ("login", True)]
+REFUSED = [("dns", True), ("tcp", True), ("tls", True), ("login", False)]
+
+
+def notes(result: Result) -> str:
+    return "\n".join(line.text for line in result.transcript)
+
+
+def assert_no_token(result: Result) -> None:
+    """Synapse's access tokens start syt_: none may reach the output."""
+    assert "syt_" not in json.dumps(result.to_dict(transcript=True))
+
+
+def _get(servers: Servers, port: int, path: str) -> tuple[int, Any]:
+    ctx = servers.client_context()
+    ctx.check_hostname = False  # by address: the certificate's names are checked elsewhere
+    request = urllib.request.Request(f"https://127.0.0.1:{port}{path}")
+    try:
+        with urllib.request.urlopen(request, context=ctx, timeout=5) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, None
+    except ssl.SSLError:
+        raise
+
+
+# -- the devstack ------------------------------------------------------------------------
+
+
+def test_synapse_serves_the_client_api_behind_tls(servers: Servers, synapse: Synapse) -> None:
+    status, versions = _get(servers, synapse.port, "/_matrix/client/versions")
+    assert status == 200 and "v1.1" in versions["versions"]
+    status, wellknown = _get(servers, synapse.delegating_port, "/.well-known/matrix/client")
+    assert wellknown == {"m.homeserver": {"base_url": synapse.base_url}}
+    assert _get(servers, synapse.bare_port, "/.well-known/matrix/client")[0] == 404
+    assert _get(servers, synapse.delegating_port, "/_matrix/client/versions")[0] == 404
+
+
+# -- logins ------------------------------------------------------------------------------
+
+
+async def test_good_login_logs_out_again(servers: Servers, synapse: Synapse) -> None:
+    before = synapse.devices("alice")
+    result = await check(f"matrix://alice@matrix.test:{synapse.port}", options(servers))
+    assert (result.reason, result.reason.step) == (Reason.OK, Step.NONE)
+    assert result.protocol == "matrix" and result.message == "logged in"
+    assert phases(result) == LOGGED_IN
+    assert result.tls is not None and result.tls.verified
+    text = notes(result)
+    assert "logged in as @alice:matrix.test" in text and "logged out" in text
+    assert '"password": "<redacted>"' in text and "Bearer <redacted>" in text
+    assert '"access_token": "<redacted>"' in text
+    assert_no_token(result)
+    # No device piles up: the login's device is gone again.
+    assert synapse.devices("alice") == before
+    # The logout came after the verdict: the attempt ends before the last transcript lines.
+    logged_out = next(t for t in result.transcript if t.text == "logged out")
+    assert result.duration_ns < logged_out.offset_ns
+
+
+async def test_one_connection_carries_discovery_versions_and_login(
+    servers: Servers, synapse: Synapse
+) -> None:
+    result = await check(f"matrix://alice@matrix.test:{synapse.port}", options(servers))
+    sent = [t.text.split(" HTTP/1.1")[0] for t in result.transcript if t.direction == ">"]
+    assert sent == [
+        "GET /.well-known/matrix/client",
+        "GET /_matrix/client/versions",
+        "POST /_matrix/client/v3/login",
+        "POST /_matrix/client/v3/logout",
+    ]
+    assert notes(result).count("TCP connected to") == 1  # no second connection
+
+
+async def test_wrong_password(servers: Servers, synapse: Synapse) -> None:
+    result = await check(f"matrix://alice@matrix.test:{synapse.port}",
+                         options(servers, password="Wr0ng-Pa55word"))
+    assert (result.reason, result.reason.step) == (Reason.AUTH_REJECTED, Step.ACCOUNT)
+    assert result.message == "HTTP 403 Forbidden M_FORBIDDEN: Invalid username or password"
+    assert phases(result) == REFUSED
+
+
+async def test_unknown_user_is_refused_like_a_wrong_password(
+    servers: Servers, synapse: Synapse
+) -> None:
+    result = await check(f"matrix://nobody@matrix.test:{synapse.port}", options(servers))
+    assert (result.reason, result.reason.step) == (Reason.AUTH_REJECTED, Step.ACCOUNT)
+    assert "M_FORBIDDEN" in result.message
+    assert phases(result) == REFUSED
+
+
+async def test_deactivated_account(servers: Servers, synapse: Synapse) -> None:
+    result = await check(f"matrix://{synapse.deactivated_user}@matrix.test:{synapse.port}",
+                         options(servers))
+    assert (result.reason, result.reason.step) == (Reason.AUTH_NOT_AUTHORIZED, Step.ACCOUNT)
+    assert result.message == (
+        "HTTP 403 Forbidden M_USER_DEACTIVATED: This account has been deactivated"
+    )
+    assert phases(result) == REFUSED
+
+
+async def test_rate_limited_logins_quote_the_retry_delay(servers: Servers) -> None:
+    # Its own homeserver: two failed logins per account, then M_LIMIT_EXCEEDED for ~100 s.
+    with Synapse(servers, failed_burst=2, refill_per_second=0.01) as limited:
+        url = f"matrix://alice@matrix.test:{limited.port}"
+        wrong = options(servers, password="Wr0ng-Pa55word")
+        first = [await check(url, wrong) for _ in range(2)]
+        assert [r.reason for r in first] == [Reason.AUTH_REJECTED] * 2
+        result = await check(url, wrong)
+    assert (result.reason, result.reason.step) == (Reason.SERVER_UNAVAILABLE, Step.SERVER)
+    # The status line's phrase is synapse's own ("Unknown Status"), passed on by nginx.
+    assert result.message.startswith("HTTP 429 ")
+    assert " M_LIMIT_EXCEEDED: Too Many Requests (retry_after_ms " in result.message
+    assert result.message.endswith(" s)")
+    assert phases(result) == REFUSED
+
+
+# -- discovery ---------------------------------------------------------------------------
+
+
+async def test_well_known_names_a_homeserver_elsewhere(servers: Servers, synapse: Synapse) -> None:
+    # http.test's web server publishes only a .well-known naming matrix.test:{port}.
+    before = synapse.devices("alice")
+    result = await check(f"matrix://alice@http.test:{synapse.delegating_port}",
+                         options(servers))
+    assert (result.reason, result.reason.step) == (Reason.OK, Step.NONE)
+    assert phases(result) == LOGGED_IN
+    text = notes(result)
+    assert f"names the homeserver https://matrix.test:{synapse.port}" in text
+    assert f"connected to https://matrix.test:{synapse.port}: dns " in text
+    assert "tcp " in text and "tls " in text
+    hosts = [t.text.split("Host: ")[1].split("\\r\\n")[0]
+             for t in result.transcript if t.direction == ">"]
+    assert hosts[0] == f"http.test:{synapse.delegating_port}"
+    assert set(hosts[1:]) == {f"matrix.test:{synapse.port}"}
+    assert synapse.devices("alice") == before
+
+
+async def test_no_well_known_means_the_server_is_its_own_homeserver(
+    servers: Servers, synapse: Synapse
+) -> None:
+    result = await check(f"matrix://alice@matrix.test:{synapse.bare_port}", options(servers))
+    assert result.reason is Reason.OK
+    assert "no /.well-known/matrix/client (404)" in notes(result)
+
+
+async def test_a_well_known_that_is_not_json(servers: Servers, synapse: Synapse) -> None:
+    result = await check(f"matrix://alice@matrix.test:{synapse.broken_port}", options(servers))
+    assert (result.reason, result.reason.step) == (Reason.PROTOCOL_ERROR, Step.SERVER)
+    assert result.message.startswith(
+        f"https://matrix.test:{synapse.broken_port}/.well-known/matrix/client has no JSON "
+        "object (text/html): a client stops there"
+    )
+    assert phases(result) == REFUSED
+
+
+async def test_a_web_server_that_is_not_matrix(servers: Servers, synapse: Synapse) -> None:
+    # nginx answers 404 (HTML) to both the .well-known and /_matrix/client/versions.
+    port = servers.https_port
+    result = await check(f"matrix://alice@http.test:{port}", options(servers))
+    assert (result.reason, result.reason.step) == (Reason.PROTOCOL_MISMATCH, Step.CONFIG)
+    assert result.message == (
+        f"GET https://http.test:{port}/_matrix/client/versions answered HTTP 404 Not Found "
+        "(text/html), not a Matrix versions list: no Matrix homeserver there"
+    )
+    assert result.findings == [
+        f"port {port} speaks HTTP over TLS, but https://http.test:{port} serves no Matrix "
+        "client API: use the homeserver's name, or publish its /.well-known/matrix/client "
+        "there"
+    ]
+    assert result.hint.startswith(f"Port {port} speaks HTTP over TLS, but ")
+    assert phases(result) == REFUSED
+    # The password was never sent: the server failed before the login request.
+    assert "v3/login" not in notes(result)
+
+
+async def test_a_homeserver_down_behind_its_proxy(servers: Servers, synapse: Synapse) -> None:
+    # nginx answers 502 for a homeserver that is gone: a server error, not a wrong URL.
+    port = synapse.gone_port
+    result = await check(f"matrix://alice@matrix.test:{port}", options(servers))
+    assert (result.reason, result.reason.step) == (Reason.SERVER_ERROR, Step.SERVER)
+    assert result.message == (
+        f"GET https://matrix.test:{port}/_matrix/client/versions answered HTTP 502 Bad Gateway"
+    )
+    assert phases(result) == REFUSED
