@@ -88,7 +88,8 @@ def test_a_good_config_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_the_example_config_in_deploy_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("LOGINPROBE_AGENT_TOKEN", "CHAT_PASSWORD", "BROKER_PASSWORD"):
+    for name in ("LOGINPROBE_AGENT_TOKEN", "CHAT_PASSWORD", "BROKER_PASSWORD",
+                 "MATRIX_PASSWORD"):
         monkeypatch.setenv(name, "x")
     cfg = load_config(ROOT / "deploy" / "agent.example.yaml")
     assert isinstance(cfg, AgentConfig) and cfg.collector.token() == "x"

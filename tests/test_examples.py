@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_every_assigned_check_finds_its_password_on_the_example_agent(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in ("LOGINPROBE_AGENT_TOKEN", "CHAT_PASSWORD", "BROKER_PASSWORD"):
+    for name in ("LOGINPROBE_AGENT_TOKEN", "CHAT_PASSWORD", "BROKER_PASSWORD",
+                 "MATRIX_PASSWORD"):
         monkeypatch.setenv(name, "x")
     agent = load_agent(ROOT / "deploy" / "agent.example.yaml")
     pki = PKI(tmp_path / "pki")
@@ -39,7 +40,8 @@ def test_every_assigned_check_finds_its_password_on_the_example_agent(
 def test_a_relative_spool_path_is_taken_from_the_config_files_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in ("LOGINPROBE_AGENT_TOKEN", "CHAT_PASSWORD", "BROKER_PASSWORD"):
+    for name in ("LOGINPROBE_AGENT_TOKEN", "CHAT_PASSWORD", "BROKER_PASSWORD",
+                 "MATRIX_PASSWORD"):
         monkeypatch.setenv(name, "x")
     monkeypatch.chdir("/")
     (tmp_path / "agent.yaml").write_text(

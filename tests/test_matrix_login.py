@@ -7,8 +7,11 @@ from __future__ import annotations
 import json
 import ssl
 import urllib.request
+from pathlib import Path
 from typing import Any
 
+from devstack.certs import PKI
+from devstack.fleet import Agent, Collector, collector_config, new_token, wait_for
 from devstack.servers import Servers
 from devstack.synapse import Synapse
 from loginprobe.contract import Reason, Step
@@ -200,3 +203,54 @@ async def test_a_homeserver_down_behind_its_proxy(servers: Servers, synapse: Syn
         f"GET https://matrix.test:{port}/_matrix/client/versions answered HTTP 502 Bad Gateway"
     )
     assert phases(result) == REFUSED
+
+
+# -- downstream: an assigned matrix:// check through a real agent and collector ----------
+
+
+def test_an_assigned_matrix_check_reaches_the_collectors_metrics(
+    servers: Servers, synapse: Synapse, tmp_path: Path
+) -> None:
+    pki = PKI(tmp_path / "pki")
+    (tmp_path / "pw").write_text(synapse.password + "\n", encoding="utf-8")
+    token, token_hash = new_token()
+    common = {"interval": "2s", "timeout": "2s", "password_ref": "matrix",
+              "ca_file": str(servers.ca_file), "resolver": servers.resolver}
+    checks = [
+        {"name": "matrix-login", "url": f"matrix://alice@matrix.test:{synapse.port}", **common},
+        {"name": "matrix-deactivated",
+         "url": f"matrix://{synapse.deactivated_user}@matrix.test:{synapse.port}", **common},
+    ]
+    settings = collector_config(tmp_path / "c", pki=pki, checks=checks,
+                                agents=[{"id": "mx", "token_sha256": token_hash}])
+    collector = Collector(tmp_path / "c", settings, pki).start_healthy()
+    agent = Agent(tmp_path / "a", collector, token=token,
+                  passwords={"matrix": {"file": str(tmp_path / "pw")}})
+    try:
+        agent.start()
+
+        def reasons() -> set[tuple[str, str]]:
+            return {(line["check"], line["result"]["reason"]) for line in collector.results()}
+
+        wait_for("a result of each matrix check", lambda: {
+            ("matrix-login", "ok"), ("matrix-deactivated", "auth_not_authorized"),
+        } <= reasons(), 30)
+        samples = collector.metrics()
+        assert agent.stop() == 0
+    finally:
+        for proc in (agent, collector):
+            if proc.running():
+                proc.kill()
+    assert reasons() == {("matrix-login", "ok"), ("matrix-deactivated", "auth_not_authorized")}
+    ok = [k for k, v in samples.items() if k.startswith("loginprobe_attempts_total{")
+          and 'check="matrix-login"' in k and v > 0]
+    assert ok and all('protocol="matrix"' in k and 'reason="ok"' in k for k in ok)
+    phases_seen = {k.split('phase="')[1].split('"')[0] for k in samples
+                   if k.startswith("loginprobe_phase_duration_seconds_count{")
+                   and 'check="matrix-login"' in k}
+    assert phases_seen == {"dns", "tcp", "tls", "login"}
+    # Neither the password nor an access token anywhere the results went.
+    spool = b"".join(p.read_bytes() for p in (tmp_path / "a").glob("spool.db*"))
+    for text in (spool, agent.output().encode(), collector.output().encode(),
+                 (tmp_path / "c" / "results.jsonl").read_bytes()):
+        assert synapse.password.encode() not in text and b"syt_" not in text
