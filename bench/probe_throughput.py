@@ -133,12 +133,15 @@ async def measured(
 
 
 def worker_loginprobe(spec: dict[str, Any]) -> dict[str, Any]:
+    from loginprobe.address import parse_resolver
     from loginprobe.probes.attempt import ProbeOptions
     from loginprobe.probes.run import run_check
     from loginprobe.target import parse_target
 
     target = parse_target(spec["url"])
-    options = ProbeOptions(password=spec["password"], ca_file=spec["ca_file"], timeout=10.0)
+    resolver = spec.get("resolver")  # "IP:PORT" for names only the servers' DNS knows
+    options = ProbeOptions(password=spec["password"], ca_file=spec["ca_file"], timeout=10.0,
+                           resolver=parse_resolver(resolver) if resolver else None)
 
     async def one() -> str | None:
         result = await run_check(target, options)

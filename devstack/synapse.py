@@ -12,6 +12,7 @@ What is there (certificates from the servers' CA; matrix.test is in the servers'
 - `bare_port`: /_matrix proxied, no .well-known (404): the client falls back to this origin.
 - `broken_port`: a .well-known that is not JSON.
 - `gone_port`: /_matrix proxied to a port where nothing listens (nginx answers 502).
+- `stray_port`: a .well-known naming https://matrix.test:{a port where nothing listens}.
 - Accounts (shared-secret admin registration): `user` and `password` log in; the same
   password for `deactivated_user`, whose account is deactivated; `admin` for the admin API.
 - Rate limits: `login_burst` successful logins and `failed_burst` failed ones per account
@@ -86,6 +87,7 @@ class Synapse:
         self.bare_port = 0
         self.broken_port = 0
         self.gone_port = 0
+        self.stray_port = 0
         self._dead_port = 0
         self.synapse_port = 0  # plain HTTP on loopback, behind nginx
         self._shared_secret = secrets.token_hex(16)
@@ -122,7 +124,7 @@ class Synapse:
     def _start(self) -> None:
         self.tmpdir = Path(tempfile.mkdtemp(prefix="loginprobe-synapse-"))
         (self.port, self.delegating_port, self.bare_port, self.broken_port, self.gone_port,
-         self._dead_port, self.synapse_port) = _free_ports(7)
+         self.stray_port, self._dead_port, self.synapse_port) = _free_ports(8)
         self._write_synapse_config()
         self._spawn("synapse", [sys.executable, "-m", "synapse.app.homeserver",
                                 "-c", str(self.tmpdir / "homeserver.yaml")])
@@ -296,13 +298,18 @@ class Synapse:
     def _write_nginx_config(self) -> None:
         base = self.tmpdir
         pair = self.servers.certificate
-        wellknown = json.dumps({"m.homeserver": {"base_url": self.base_url}})
-        serve_wellknown = (
-            "location = /.well-known/matrix/client {\n"
-            "            default_type application/json;\n"
-            "            add_header Access-Control-Allow-Origin *;\n"
-            f"            return 200 '{wellknown}';\n        }}"
-        )
+
+        def serve_wellknown_of(base_url: str) -> str:
+            wellknown = json.dumps({"m.homeserver": {"base_url": base_url}})
+            return (
+                "location = /.well-known/matrix/client {\n"
+                "            default_type application/json;\n"
+                "            add_header Access-Control-Allow-Origin *;\n"
+                f"            return 200 '{wellknown}';\n        }}"
+            )
+
+        serve_wellknown = serve_wellknown_of(self.base_url)
+        stray = serve_wellknown_of(f"https://{SERVER_NAME}:{self._dead_port}")
         proxy = """location /_matrix {{
             proxy_pass http://127.0.0.1:{};
             proxy_set_header X-Forwarded-For $remote_addr;
@@ -350,13 +357,17 @@ http {{
         listen 127.0.0.1:{self.gone_port} ssl;
         {to_nowhere}
     }}
+    server {{
+        listen 127.0.0.1:{self.stray_port} ssl;
+        {stray}
+    }}
 }}
 """)
 
     def _check_nginx(self) -> None:
         ctx = self.servers.client_context()
         for port in (self.port, self.delegating_port, self.bare_port, self.broken_port,
-                     self.gone_port):
+                     self.gone_port, self.stray_port):
             with socket.create_connection(("127.0.0.1", port), timeout=2) as raw, \
                     ctx.wrap_socket(raw, server_hostname=SERVER_NAME) as sock:
                 sock.sendall(b"GET /_matrix/client/versions HTTP/1.0\r\nHost: matrix.test\r\n\r\n")

@@ -10,6 +10,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from devstack import fakes
 from devstack.certs import PKI
 from devstack.fleet import Agent, Collector, collector_config, new_token, wait_for
 from devstack.servers import Servers
@@ -156,6 +157,22 @@ async def test_well_known_names_a_homeserver_elsewhere(servers: Servers, synapse
     assert synapse.devices("alice") == before
 
 
+async def test_a_homeserver_elsewhere_that_refuses_connections(
+    servers: Servers, synapse: Synapse
+) -> None:
+    port = synapse.stray_port
+    result = await check(f"matrix://alice@matrix.test:{port}", options(servers))
+    assert (result.reason, result.reason.step) == (Reason.TCP_REFUSED, Step.NETWORK)
+    # The server named in the URL answered: the failure is at the homeserver it names.
+    assert phases(result) == REFUSED
+    assert result.message.startswith("https://matrix.test:")
+    assert result.findings[0].startswith(
+        f"https://matrix.test:{port}/.well-known/matrix/client sends clients to "
+        "https://matrix.test:"
+    )
+    assert result.hint.startswith(result.findings[0][:1].upper() + result.findings[0][1:])
+
+
 async def test_no_well_known_means_the_server_is_its_own_homeserver(
     servers: Servers, synapse: Synapse
 ) -> None:
@@ -254,3 +271,39 @@ def test_an_assigned_matrix_check_reaches_the_collectors_metrics(
     for text in (spool, agent.output().encode(), collector.output().encode(),
                  (tmp_path / "c" / "results.jsonl").read_bytes()):
         assert synapse.password.encode() not in text and b"syt_" not in text
+
+
+# -- hostile or broken servers (faults synapse and nginx do not produce) ----------------
+
+_OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+
+
+async def test_a_server_that_never_answers_is_a_login_timeout_saying_what_it_waited_for(
+    servers: Servers,
+) -> None:
+    async with fakes.serve(fakes.stall, servers.server_context()) as port:
+        result = await check(f"matrix://alice@127.0.0.1:{port}",
+                             options(servers, timeout=1.0))
+    assert (result.reason, result.reason.step) == (Reason.LOGIN_TIMEOUT, Step.SERVER)
+    assert result.message.endswith(
+        f"waiting for the answer to GET https://127.0.0.1:{port}/.well-known/matrix/client"
+    )
+
+
+async def test_an_endless_answer_is_cut_off(servers: Servers) -> None:
+    # A .well-known that announces no length and never ends: read up to the cap, no further.
+    head = _OK_HEAD + b"Connection: close\r\n\r\n"
+    handler = fakes.scripted(head, then="flood")
+    async with fakes.serve(handler, servers.server_context()) as port:
+        result = await check(f"matrix://alice@127.0.0.1:{port}", options(servers))
+    assert (result.reason, result.reason.step) == (Reason.PROTOCOL_ERROR, Step.SERVER)
+    assert result.message == "an answer longer than 65536 bytes; refused"
+
+
+async def test_deeply_nested_json_is_not_json_to_us(servers: Servers) -> None:
+    body = b"[" * 50_000
+    answer = _OK_HEAD + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+    async with fakes.serve(fakes.scripted(answer), servers.server_context()) as port:
+        result = await check(f"matrix://alice@127.0.0.1:{port}", options(servers))
+    assert (result.reason, result.reason.step) == (Reason.PROTOCOL_ERROR, Step.SERVER)
+    assert "has no JSON object (application/json)" in result.message

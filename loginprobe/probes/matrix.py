@@ -91,7 +91,7 @@ class Answer:
         """The body as a JSON object, None when it is not one."""
         try:
             data = json.loads(self.body)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's stack
             return None
         return data if isinstance(data, dict) else None
 
@@ -203,9 +203,11 @@ async def _read_body(conn: Conn, response: http.Response) -> bytes:
             return bytes(body)
 
 
-async def _connect(attempt: Attempt, origin: Origin) -> Client:
+async def _connect(attempt: Attempt, origin: Origin, named_by: Origin | None = None) -> Client:
     """A connection to the homeserver when it is not the one already open. Its dns, tcp and
-    tls are timed into the transcript (the attempt's phases are those of SERVER's)."""
+    tls are timed into the transcript (the attempt's phases are those of SERVER's). When
+    named_by's .well-known sent us there, a failure says so: the server in the URL is fine,
+    and a follow-up there would look at the wrong host."""
     attempt.waiting_for = f"a connection to {origin.url()}"
     target = dataclasses.replace(
         attempt.target, host=origin.host, port=origin.port, srv=None, path=origin.prefix or "/",
@@ -216,7 +218,15 @@ async def _connect(attempt: Attempt, origin: Origin) -> Client:
     inner.t0 = attempt.t0
     inner.transcript = attempt.transcript
     inner.conns = attempt.conns
-    conn = await establish(inner, alpn=ALPN)
+    try:
+        conn = await establish(inner, alpn=ALPN)
+    except ProbeFailure as failure:
+        if named_by is None:
+            raise
+        attempt.findings.append(
+            f"{named_by.url(WELL_KNOWN)} sends clients to {origin.url()}: the failure is there"
+        )
+        raise ProbeFailure(failure.reason, f"{origin.url()}: {failure.message}") from None
     steps = ", ".join(f"{p.name} {p.duration_ns / 1e6:.2f} ms" for p in inner.phases)
     attempt.note("*", f"connected to {origin.url()}: {steps}")
     return Client(conn, origin)
@@ -320,7 +330,8 @@ async def login(client: Client, attempt: Attempt) -> str:
     answer = await client.call("POST", LOGIN, json.dumps(request).encode(), shown,
                                secret_answer=True)
     data = answer.json()
-    attempt.note("<", f"{answer.line} {json.dumps(_redacted(data)) if data else answer.kind}")
+    shown_answer = json.dumps(_redacted(data))[:2048] if data else answer.kind
+    attempt.note("<", f"{answer.line} {shown_answer}")
     if data is None:
         data = {}
     token = data.get("access_token")
@@ -391,7 +402,9 @@ async def probe(attempt: Attempt) -> None:
     client = Client(await establish(attempt, alpn=ALPN), server)
     with attempt.phase("login"):
         homeserver = await discover(client, attempt)
-        if homeserver != server or not client.reusable:
+        if homeserver != server:
+            client = await _connect(attempt, homeserver, named_by=server)
+        elif not client.reusable:
             client = await _connect(attempt, homeserver)
         await versions(client, attempt)
         if not client.reusable:
