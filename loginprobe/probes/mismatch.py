@@ -315,7 +315,10 @@ async def _guess(
     others = [p for p in PROTOCOLS if p.name != protocol.name and p.logs_in]
     others.sort(key=lambda p: all(s.default_port != port for s in p.schemes))
     openings = [(p, _hello(p.name, attempt.target)) for p in others]
-    tries = [(p, hello) for p, hello in openings if hello][:MAX_GUESSES]
+    # One try per distinct opening: Matrix opens as HTTP does, and HTTP comes first.
+    distinct = {hello: p for p, hello in reversed(openings) if hello}
+    tries = [(p, hello) for p, hello in openings if hello and distinct[hello] is p]
+    tries = tries[:MAX_GUESSES]
 
     async def ask(other: Protocol, hello: bytes) -> tuple[Protocol, Answer]:
         return other, await exchange(attempt, address, port, hello, tls)
