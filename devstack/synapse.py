@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import importlib.util
 import json
 import os
 import secrets
@@ -46,8 +47,10 @@ from typing import Any
 
 from devstack.servers import (
     KEEP_ENV,
+    START_ATTEMPTS,
     STOP_TIMEOUT,
     GroundError,
+    PortTaken,
     Servers,
     _free_ports,
     _tail,
@@ -114,11 +117,23 @@ class Synapse:
 
     def start(self) -> Synapse:
         _which("nginx")
-        try:
-            self._start()
-        except BaseException:
-            self.stop()
-            raise
+        if importlib.util.find_spec("synapse") is None:
+            raise GroundError(
+                "matrix-synapse is not installed: .venv/bin/pip install -e '.[dev]' "
+                "(scripts/setup does)"
+            )
+        for attempt in range(START_ATTEMPTS):
+            try:
+                self._start()
+                return self
+            except PortTaken:
+                self.stop()
+                # Another process took a port between our pick and the bind: pick again.
+                if attempt == START_ATTEMPTS - 1:
+                    raise
+            except BaseException:
+                self.stop()
+                raise
         return self
 
     def _start(self) -> None:
@@ -167,6 +182,9 @@ class Synapse:
         proc = self._procs[name]
         last = "no answer yet"
         while True:
+            logs = "\n".join(_tail(self.tmpdir / f"{name}.{kind}") for kind in ("out", "log"))
+            if "Address already in use" in logs:
+                raise PortTaken(f"{name} could not bind its port:\n{logs}")
             if proc.poll() is not None:
                 raise GroundError(
                     f"{name} exited with {proc.returncode}; output:\n"
