@@ -14,7 +14,8 @@ What is there (certificates from the servers' CA; matrix.test is in the servers'
 - `gone_port`: /_matrix proxied to a port where nothing listens (nginx answers 502).
 - `stray_port`: a .well-known naming https://matrix.test:{a port where nothing listens}.
 - Accounts (shared-secret admin registration): `user` and `password` log in; the same
-  password for `deactivated_user`, whose account is deactivated; `admin` for the admin API.
+  password for `deactivated_user`, whose account is deactivated, and for `locked_user`,
+  whose account an admin locked; `admin` for the admin API.
 - Rate limits: `login_burst` successful logins and `failed_burst` failed ones per account
   (and per address) before M_LIMIT_EXCEEDED, refilled at `refill_per_second`. The default
   is generous; a test that trips the limit starts its own instance with small numbers.
@@ -60,6 +61,7 @@ from devstack.servers import (
 SERVER_NAME = "matrix.test"
 USER = "alice"
 DEACTIVATED_USER = "carol"
+LOCKED_USER = "dave"
 ADMIN = "admin"
 # Synapse imports ~100 modules and builds its SQLite schema before it answers.
 START_TIMEOUT = 60.0
@@ -81,6 +83,7 @@ class Synapse:
         self.user = USER
         self.password = servers.password
         self.deactivated_user = DEACTIVATED_USER
+        self.locked_user = LOCKED_USER
         self.login_burst = login_burst
         self.failed_burst = failed_burst
         self.refill_per_second = refill_per_second
@@ -152,6 +155,9 @@ class Synapse:
         self.register(self.user, self.password)
         self.register(self.deactivated_user, self.password)
         self._deactivate(self.deactivated_user)
+        self.register(self.locked_user, self.password)
+        self._api("PUT", f"/_synapse/admin/v2/users/{self.user_id(self.locked_user)}",
+                  {"locked": True}, token=self._admin_token)
 
     def stop(self) -> None:
         for proc in self._procs.values():

@@ -10,12 +10,15 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from devstack import fakes
 from devstack.certs import PKI
 from devstack.fleet import Agent, Collector, collector_config, new_token, wait_for
 from devstack.servers import Servers
 from devstack.synapse import Synapse
 from loginprobe.contract import Reason, Step
+from loginprobe.probes.matrix import Answer, judge
 from loginprobe.result import Result
 from tests.probing import check, options, phases
 
@@ -118,6 +121,37 @@ async def test_deactivated_account(servers: Servers, synapse: Synapse) -> None:
         "HTTP 403 Forbidden M_USER_DEACTIVATED: This account has been deactivated"
     )
     assert phases(result) == REFUSED
+
+
+async def test_locked_account(servers: Servers, synapse: Synapse) -> None:
+    result = await check(f"matrix://{synapse.locked_user}@matrix.test:{synapse.port}",
+                         options(servers))
+    assert (result.reason, result.reason.step) == (Reason.AUTH_NOT_AUTHORIZED, Step.ACCOUNT)
+    assert result.message == "HTTP 401 Unauthorized M_USER_LOCKED: User account has been locked"
+    assert phases(result) == REFUSED
+
+
+def _answer(status: int, body: dict[str, Any], **headers: str) -> tuple[Answer, dict[str, Any]]:
+    return Answer(status, "", headers, json.dumps(body).encode()), body
+
+
+@pytest.mark.parametrize(("status", "body", "headers", "reason", "message"), [
+    # A server that takes no passwords (SSO only): synapse with password logins off.
+    (400, {"errcode": "M_UNKNOWN", "error": "Password login has been disabled."}, {},
+     Reason.AUTH_MECHANISM_UNSUPPORTED, "HTTP 400 M_UNKNOWN: Password login has been disabled."),
+    (403, {"errcode": "M_RESOURCE_LIMIT_EXCEEDED", "error": "MAU limit"}, {},
+     Reason.SERVER_UNAVAILABLE, "HTTP 403 M_RESOURCE_LIMIT_EXCEEDED: MAU limit"),
+    (429, {"errcode": "M_LIMIT_EXCEEDED"}, {"retry-after": "7"},
+     Reason.SERVER_UNAVAILABLE, "HTTP 429 M_LIMIT_EXCEEDED (Retry-After: 7 s)"),
+    (503, {}, {}, Reason.SERVER_UNAVAILABLE, "HTTP 503"),
+    (500, {"errcode": "M_UNKNOWN", "error": "Internal server error"}, {},
+     Reason.SERVER_ERROR, "HTTP 500 M_UNKNOWN: Internal server error"),
+    (401, {"errcode": "M_SOMETHING_NEW"}, {}, Reason.AUTH_REJECTED, "HTTP 401 M_SOMETHING_NEW"),
+])
+def test_matrix_errors_the_test_homeserver_does_not_give(
+    status: int, body: dict[str, Any], headers: dict[str, str], reason: Reason, message: str
+) -> None:
+    assert judge(*_answer(status, body, **headers)) == (reason, message)
 
 
 async def test_rate_limited_logins_quote_the_retry_delay(servers: Servers) -> None:
