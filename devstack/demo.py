@@ -1,4 +1,4 @@
-"""The whole local stack on one machine: real XMPP/MQTT/HTTPS/DNS servers (the servers), a
+"""The whole local stack on one machine: real XMPP/MQTT/HTTPS/DNS/Matrix servers, a
 `loginprobe check` walkthrough against them, then a collector (TLS, bearer tokens), three
 agents on two network paths whose checks the collector assigns, and a real Prometheus
 scraping it with grafana/rules loaded; runs until Ctrl-C and stops everything by PID.
@@ -23,6 +23,7 @@ from devstack.certs import PKI
 from devstack.fleet import ROOT, Agent, Collector, collector_config, new_token, wait_for
 from devstack.prometheus import prometheus, query
 from devstack.servers import Servers
+from devstack.synapse import Synapse
 
 RULES = ROOT / "grafana" / "rules" / "loginprobe.rules.yml"
 # Agents only read it from their environment; the demo never prints it.
@@ -37,7 +38,7 @@ AGENTS = {
 INTERVAL = "10s"  # 30 attempts per agent in 5m: enough for the alert's 10, light on 2 cores
 
 
-def walkthrough(g: Servers, loginprobe: str) -> None:
+def walkthrough(g: Servers, hs: Synapse, loginprobe: str) -> None:
     """`loginprobe check` against each server: good logins, then the classic failures."""
     # The passwords in files, so that each command printed is the whole command, ready to
     # copy and run again while the servers are up, with no secret on the screen.
@@ -51,6 +52,9 @@ def walkthrough(g: Servers, loginprobe: str) -> None:
         ("XMPP direct TLS", ["xmpps://alice@xmpp.test"]),
         ("MQTT 5 over TLS", [f"mqtts://alice@mqtt.test:{g.mqtts_port}?version=5"]),
         ("HTTPS JSON login", [f"https://alice@http.test:{g.https_port}/api/login?auth=json"]),
+        ("Matrix, homeserver found by .well-known",
+         [f"matrix://alice@http.test:{hs.delegating_port}"]),
+        ("Matrix account deactivated", [f"matrix://{hs.deactivated_user}@matrix.test:{hs.port}"]),
         ("wrong password", ["xmpp://alice@xmpp.test", "--password-file", str(wrong)]),
         ("expired certificate", [f"mqtts://alice@mqtt.test:{g.mqtts_expired_port}"]),
         ("name does not exist", ["xmpp://alice@nosuch.test"]),
@@ -193,8 +197,8 @@ def main() -> int:
         signal.signal(sig, signal.default_int_handler)
     loginprobe = str(Path(sys.executable).with_name("loginprobe"))
     try:
-        with Servers() as g:
-            walkthrough(g, loginprobe)
+        with Servers() as g, Synapse(g) as hs:
+            walkthrough(g, hs, loginprobe)
             if args.checks_only:
                 print(f"\nThe servers' configs and logs are in {g.tmpdir} until this exits.")
                 return 0
