@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from devstack.servers import Servers
+from devstack.websocket import WsServers
 
 
 @pytest.fixture(scope="session")
@@ -14,3 +15,10 @@ def servers() -> Iterator[Servers]:
     """Real unbound, prosody, mosquitto and nginx on loopback, for the whole test session."""
     with Servers() as g:
         yield g
+
+
+@pytest.fixture(scope="session")
+def ws_servers(servers: Servers) -> Iterator[WsServers]:
+    """prosody and mosquitto over WebSocket, and nginx proxying them, beside `servers`."""
+    with WsServers(servers) as ws:
+        yield ws

@@ -39,6 +39,8 @@ _NAMES = {
     "mqtt": "MQTT",
     "ssh": "SSH",
     "smtp": "SMTP",
+    "xmpp+ws": "XMPP over WebSocket",
+    "mqtt+ws": "MQTT over WebSocket",
 }
 _SMTP = re.compile(rb"^2[0-9]{2}[ -]")
 
@@ -118,6 +120,8 @@ def hung_up(attempt: Attempt, failure: ProbeFailure, opening: str) -> ProbeFailu
 def suspicious(attempt: Attempt, reason: Reason, message: str) -> bool:
     """Whether a failure fell in the TCP/TLS/first-exchange window in a way that suggests
     the wrong protocol, TLS mode or port, so that a follow-up may find out which."""
+    if attempt.findings:
+        return False  # the probe itself already found out (a WebSocket upgrade's answer)
     if reason is Reason.TCP_REFUSED:
         return bool(BY_NAME[attempt.target.protocol].well_known_ports)
     if reason is Reason.PROTOCOL_MISMATCH:
