@@ -5,7 +5,10 @@ reason, step and the finding that leads its hint."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+from opentelemetry.sdk.trace.export import SpanExportResult
 
 from devstack import fakes
 from devstack.servers import Servers
@@ -235,3 +238,48 @@ def test_rfc7395_framing_becomes_a_stream() -> None:
         b"<Link rel='urn:xmpp:alt-connections:websocket' href='wss://a/ws'/></XRD>"
     ) == ["wss://a/ws"]
     assert xmpp_ws._links(b"<!DOCTYPE x [<!ENTITY a 'b'>]><XRD/>") == []
+
+
+async def test_downstream_takes_the_new_schemes(
+    ws_servers: WsServers, servers: Servers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real WebSocket attempt through the collector's sinks: the protocol and target
+    labels, an upgrade phase series and an upgrade span; the configs take the URLs; compare
+    orders the phase where the contract puts it."""
+    import os
+
+    from loginprobe.agent.config import Check as AgentCheck
+    from loginprobe.codec import Report, to_wire
+    from loginprobe.collector.config import Check as CollectorCheck
+    from loginprobe.collector.exporters.otel import TraceExporter
+    from loginprobe.collector.exporters.prometheus import ResultMetrics
+    from loginprobe.collector.ingest import FleetState, Ingest
+    from loginprobe.compare.report import phase_key
+    from tests.test_exports import Memory
+
+    url = _url("mqtt+wss://alice@mqtt.test:{proxy_https_port}", ws_servers, servers)
+    result = await check(url, options(servers))
+    assert result.reason is Reason.OK
+    fleet = FleetState()
+    metrics = ResultMetrics(fleet)
+    spans: list[str] = []
+
+    class Names(Memory):
+        def export(self, batch: Any) -> SpanExportResult:
+            spans.extend(s.name for s in batch)
+            return super().export(batch)
+
+    exporter = TraceExporter(FleetState(), Names(), 1.0,  # type: ignore[arg-type]
+                             max_sampled_per_second=1e9)
+    msg = to_wire(Report(result, 1, "mqtt-ws", os.urandom(16), labels={"region": "eu"}))
+    Ingest(fleet, [metrics, exporter]).batch("a1", {}, [msg])
+    exporter.close()
+    text = metrics.render(False).decode()
+    assert 'phase="upgrade"' in text and 'protocol="mqtt+ws"' in text
+    assert f'target="{url}"' in text
+    assert spans.count("upgrade") == 1 and "login mqtt+ws" in spans
+    monkeypatch.setenv("WS_PASSWORD", "x")
+    for template in ("xmpp+wss://alice@xmpp.test", "mqtt+ws://bob@mqtt.test:8080/mqtt?version=5"):
+        assert AgentCheck(name="c", url=template, password_env="WS_PASSWORD").url == template
+        assert CollectorCheck(name="c", url=template).url == template
+    assert phase_key("tls") < phase_key("upgrade") < phase_key("login")

@@ -197,9 +197,21 @@ async def _host_meta(attempt: Attempt, origin: str) -> list[str]:
         )
     body = b""
     while True:
-        event = parser.next_event()
+        try:
+            event = parser.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise ProbeFailure(
+                Reason.PROTOCOL_ERROR, f"host-meta: a malformed answer: {exc}"
+            ) from None
         if event is h11.NEED_DATA:
-            parser.receive_data(await conn.recv(4096))
+            try:
+                parser.receive_data(await conn.recv(4096))
+            except ProbeFailure as failure:
+                if failure.reason is not Reason.PROTOCOL_ERROR:
+                    raise
+                parser.receive_data(b"")  # the end of a body delimited by the close
+        elif isinstance(event, h11.ConnectionClosed):
+            break
         elif isinstance(event, h11.Data):
             body += bytes(event.data)
             if len(body) > MAX_HOST_META_BYTES:
