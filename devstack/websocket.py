@@ -240,3 +240,25 @@ http {{
                      tls_context=self.client_context()),
             200,
         )
+
+
+def main() -> None:
+    """Runs Servers and WsServers until Ctrl-C or SIGTERM, printing both's ports (and the
+    Servers' credentials) as one JSON line, as `python -m devstack.servers` does."""
+    import contextlib
+    import json
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    with Servers() as g, WsServers(g) as ws:
+        info: dict[str, object] = {**g.ports(), **ws.ports()}
+        info.update(resolver=g.resolver, ca_file=str(g.ca_file), user=g.user,
+                    password=g.password, tmpdir=str(g.tmpdir))
+        print(json.dumps(info), flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                signal.pause()
+
+
+if __name__ == "__main__":
+    main()
