@@ -196,7 +196,10 @@ def run_session_command(args: argparse.Namespace) -> int:
             "sooner)"
         )
     if target.protocol not in ("xmpp", "mqtt"):
-        raise UsageError(f"{args.url}: sessions are held for XMPP and MQTT logins only")
+        raise UsageError(
+            f"{args.url}: sessions are held for XMPP and MQTT logins only (xmpp://, xmpps://, "
+            "mqtt://, mqtts://; not over WebSocket yet)"
+        )
     return run_session(target, options, hold, keepalive, as_json=args.json)
 
 

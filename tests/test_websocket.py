@@ -5,6 +5,7 @@ reason, step and the finding that leads its hint."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from devstack.websocket import WsServers
 from loginprobe.contract import Reason, Step
 from loginprobe.probes import websocket, xmpp_ws
 from loginprobe.result import Result
-from tests.probing import check, options, phases
+from tests.probing import check, closed_port, options, phases
 
 WS = [("dns", True), ("tcp", True), ("upgrade", True), ("login", True)]
 WSS = [("dns", True), ("tcp", True), ("tls", True), ("upgrade", True), ("login", True)]
@@ -159,6 +160,21 @@ async def test_no_host_meta(ws_servers: WsServers, servers: Servers) -> None:
     assert phases(result) == [("dns", False)]
 
 
+async def test_discovery_that_cannot_connect(servers: Servers) -> None:
+    result = await check(f"xmpp+wss://alice@xmpp.test:{closed_port()}", options(servers))
+    _assert(result, Reason.TCP_REFUSED, Step.NETWORK)
+    assert result.message.startswith("host-meta discovery at https://xmpp.test:")
+    assert phases(result) == [("dns", False)]
+
+
+async def test_discovery_of_a_hostile_host_meta(servers: Servers) -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/xrd+xml\r\n\r\n<XRD>"
+    async with fakes.serve(fakes.scripted(head, then="flood")) as port:
+        result = await check(f"xmpp+ws://alice@xmpp.test:{port}", options(servers, timeout=3))
+    _assert(result, Reason.PROTOCOL_ERROR, Step.SERVER)
+    assert "host-meta" in result.message and "refused" in result.message
+
+
 @pytest.mark.parametrize(
     ("code", "text", "reason"),
     [
@@ -197,6 +213,33 @@ async def test_hostile_frames(frame: bytes, words: str, servers: Servers) -> Non
         result = await check(f"mqtt+ws://alice@127.0.0.1:{port}", options(servers, timeout=2))
     _assert(result, Reason.PROTOCOL_ERROR, Step.SERVER)
     assert words in result.message
+
+
+async def test_pings_and_fragments_on_the_way(servers: Servers) -> None:
+    # A ping before the CONNACK (answered with a pong) and the CONNACK in two fragments.
+    ping = bytes([0x89, 0x02]) + b"hi"
+    connack = bytes([0x02, 0x01, 0x20]) + bytes([0x80, 0x03, 0x02, 0x00, 0x00])
+    seen: list[bytearray] = []
+    handler = fakes.recording(fakes.websocket(ping + connack), seen)
+    async with fakes.serve(handler) as port:
+        result = await check(f"mqtt+ws://alice@127.0.0.1:{port}", options(servers))
+        for _ in range(100):  # until the server has read our close frame
+            if seen and bytes([0x88]) in seen[0][-16:]:
+                break
+            await asyncio.sleep(0.02)
+    assert result.reason is Reason.OK, result.message
+    assert any("ping (2 bytes); pong sent" in t.text for t in result.transcript)
+    # The client's frames after the upgrade: CONNECT, pong, DISCONNECT, close; all masked.
+    sent = bytes(seen[0])
+    frames = sent[sent.index(b"\r\n\r\n") + 4 :]
+    opcodes = []
+    while frames:
+        length = frames[1] & 0x7F
+        assert frames[1] & 0x80
+        opcodes.append(frames[0] & 0x0F)
+        frames = frames[2 + 4 + length :]
+    assert opcodes == [websocket.OP_BINARY, websocket.OP_PONG, websocket.OP_BINARY,
+                       websocket.OP_CLOSE]
 
 
 async def test_a_flood_after_the_upgrade_is_cut_off(servers: Servers) -> None:

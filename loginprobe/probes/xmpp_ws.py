@@ -125,7 +125,15 @@ async def _discover(attempt: Attempt) -> None:
     scheme = "wss" if target.tls_mode == "direct" else "ws"
     origin = f"{'https' if scheme == 'wss' else 'http'}://{websocket.host_header(target)}"
     with attempt.phase("dns"):
-        links = await _host_meta(attempt, origin)
+        try:
+            links = await _host_meta(attempt, origin)
+        except ProbeFailure as failure:
+            if failure.message.startswith("host-meta"):
+                raise
+            # Whatever failed (the name, the connection, TLS) failed the discovery.
+            raise ProbeFailure(
+                failure.reason, f"host-meta discovery at {origin}: {failure.message}"
+            ) from None
         attempt.note("*", f"host-meta WebSocket links: {', '.join(links) or 'none'}")
         url = next((link for link in links if urlsplit(link).scheme == scheme), None)
         if url is None:
@@ -170,8 +178,7 @@ async def _host_meta(attempt: Attempt, origin: str) -> list[str]:
         sock.close()
         raise ProbeFailure(
             Reason.TCP_REFUSED if isinstance(exc, ConnectionRefusedError) else Reason.TCP_TIMEOUT,
-            f"host-meta discovery: cannot connect to {address} port {target.port}: "
-            f"{exc.strerror or exc}",
+            f"cannot connect to {address} port {target.port}: {exc.strerror or exc}",
         ) from None
     conn = await tcp.stream(attempt, sock)
     if target.tls_mode == "direct":
@@ -200,9 +207,7 @@ async def _host_meta(attempt: Attempt, origin: str) -> list[str]:
         try:
             event = parser.next_event()
         except h11.RemoteProtocolError as exc:
-            raise ProbeFailure(
-                Reason.PROTOCOL_ERROR, f"host-meta: a malformed answer: {exc}"
-            ) from None
+            raise ProbeFailure(Reason.PROTOCOL_ERROR, f"a malformed answer: {exc}") from None
         if event is h11.NEED_DATA:
             try:
                 parser.receive_data(await conn.recv(4096))
@@ -217,7 +222,7 @@ async def _host_meta(attempt: Attempt, origin: str) -> list[str]:
             if len(body) > MAX_HOST_META_BYTES:
                 raise ProbeFailure(
                     Reason.PROTOCOL_ERROR,
-                    f"the host-meta is longer than {MAX_HOST_META_BYTES} bytes; refused",
+                    f"longer than {MAX_HOST_META_BYTES} bytes; refused",
                 )
         else:
             break
