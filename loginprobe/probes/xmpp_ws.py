@@ -128,8 +128,8 @@ async def _discover(attempt: Attempt) -> None:
         try:
             links = await _host_meta(attempt, origin)
         except ProbeFailure as failure:
-            if failure.message.startswith("host-meta"):
-                raise
+            if attempt.findings:
+                raise  # diagnosed already, its message names the host-meta
             # Whatever failed (the name, the connection, TLS) failed the discovery.
             raise ProbeFailure(
                 failure.reason, f"host-meta discovery at {origin}: {failure.message}"
