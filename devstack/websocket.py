@@ -69,6 +69,15 @@ class WsServers(Servers):
         self._wait("mosquitto", self._check_ws_mosquitto)
         self._wait("nginx", self._check_proxy)
 
+    def server_up(self, name: str) -> None:
+        """Start a server stopped by server_down ("prosody" or "mosquitto") again."""
+        start, check = {
+            "prosody": (self._start_ws_prosody, self._check_ws_prosody),
+            "mosquitto": (self._start_ws_mosquitto, self._check_ws_mosquitto),
+        }[name]
+        start()
+        self._wait(name, check)
+
     def ports(self) -> dict[str, int]:
         names = ("xmpp_ws_port", "xmpp_wss_port", "mqtt_ws_port", "mqtt_wss_port",
                  "proxy_http_port", "proxy_https_port")

@@ -326,3 +326,78 @@ async def test_downstream_takes_the_new_schemes(
         assert AgentCheck(name="c", url=template, password_env="WS_PASSWORD").url == template
         assert CollectorCheck(name="c", url=template).url == template
     assert phase_key("tls") < phase_key("upgrade") < phase_key("login")
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "xmpp+wss://alice@xmpp.test:{xmpp_wss_port}/xmpp-websocket",
+        "mqtt+wss://alice@mqtt.test:{proxy_https_port}/mqtt",
+    ],
+)
+async def test_sessions_held_over_websocket(
+    template: str, ws_servers: WsServers, servers: Servers
+) -> None:
+    from loginprobe.agent.sessions import sdk_backoff
+    from loginprobe.probes.session import Event, SessionOptions, hold_session
+    from loginprobe.target import parse_target
+
+    events: list[Event] = []
+    summary = await hold_session(
+        parse_target(_url(template, ws_servers, servers)), options(servers),
+        SessionOptions(0.2, 2.0, hold=1.3), sdk_backoff(0.1, 2.0, 0.5), events.append,
+    )
+    assert events[0]["event"] == "login" and events[0]["success"], events[0]
+    assert any(p["name"] == "upgrade" for p in events[0]["phases"])
+    assert len([e for e in events if e["event"] == "keepalive"]) >= 3
+    assert (summary.sessions, summary.drops) == (1, 0)
+
+
+async def test_a_held_websocket_session_dropped_by_a_restart(
+    ws_servers: WsServers, servers: Servers
+) -> None:
+    from loginprobe.agent.sessions import sdk_backoff
+    from loginprobe.probes.session import Event, SessionOptions, hold_session
+    from loginprobe.target import parse_target
+
+    async def restart() -> None:
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(ws_servers.server_down, "prosody")
+        await asyncio.sleep(0.5)
+        ws_servers.server_up("prosody")  # from the main thread: see servers.server_up
+
+    task = asyncio.create_task(restart())
+    events: list[Event] = []
+    url = _url("xmpp+ws://alice@xmpp.test:{xmpp_ws_port}/xmpp-websocket", ws_servers, servers)
+    summary = await hold_session(
+        parse_target(url), options(servers), SessionOptions(0.3, 2.0, hold=3.5),
+        sdk_backoff(0.1, 2.0, 0.4), events.append,
+    )
+    await task
+    drops = [e for e in events if e["event"] == "drop"]
+    assert len(drops) == 1, events
+    # prosody ends the stream with <system-shutdown/> over WebSocket as over TCP.
+    assert drops[0]["reason"] == "server_unavailable" and "system-shutdown" in drops[0]["message"]
+    reconnects = [e for e in events if e["event"] == "reconnect"]
+    assert reconnects and reconnects[-1]["success"]
+    assert (summary.drops, summary.sessions) == (1, 2)
+
+
+async def test_a_normal_close_frame_ends_a_held_session_as_session_closed(
+    servers: Servers,
+) -> None:
+    from loginprobe.agent.sessions import sdk_backoff
+    from loginprobe.probes.session import Event, SessionOptions, hold_session
+    from loginprobe.target import parse_target
+
+    # CONNACK 0, then the next read (our PINGREQ) is answered with a normal close.
+    connack = bytes([0x82, 0x04, 0x20, 0x02, 0x00, 0x00])
+    handler = fakes.websocket(connack, fakes.close_frame(1000, "bye"))
+    events: list[Event] = []
+    async with fakes.serve(handler) as port:
+        await hold_session(
+            parse_target(f"mqtt+ws://alice@127.0.0.1:{port}"), options(servers, timeout=1.0),
+            SessionOptions(0.1, 1.0, hold=0.6), sdk_backoff(0.5, 2.0, 1.0), events.append,
+        )
+    drop = next(e for e in events if e["event"] == "drop")
+    assert drop["reason"] == "session_closed" and "code 1000" in drop["message"], drop

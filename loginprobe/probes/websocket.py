@@ -322,6 +322,7 @@ class WsConn(Conn):
         self._data = bytearray()  # payload of data messages not yet read by the login
         self.closed = False  # a close frame went either way
         self.frames = 0  # received
+        self.close_code: int | None = None  # the server's close frame's code
 
     async def send(self, data: bytes, shown: str | None = None) -> None:
         self.attempt.note(">", shown if shown is not None else printable(data))
@@ -452,6 +453,7 @@ class WsConn(Conn):
         code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
         text = payload[2:].decode("utf-8", "replace")[:123]
         name, reason = close_reason(code)
+        self.close_code = code
         self.attempt.note("<", f"WebSocket close {code} ({name}) {text!r}")
         with contextlib.suppress(ProbeFailure, OSError):
             await self._write(OP_CLOSE, payload[:2])  # the closing handshake's echo
