@@ -186,9 +186,11 @@ for _scheme in ("xmpp+wss", "mqtt+wss"):
 
 # Cells whose answer depends on the load: unbound closes idle TCP connections sooner when
 # many are open, so amid the matrix's parallel cells the DNS port's stall of a WebSocket
-# upgrade may end as a close (the runner then says protocol_error).
+# upgrade may end as a close (the runner then says protocol_error), and its stall of a TLS
+# handshake as a reset.
 _LOAD_DEPENDENT: dict[tuple[str, str], tuple[Reason, ...]] = {
-    (scheme, "dns_port"): (Reason.PROTOCOL_ERROR,) for scheme in ("xmpp+ws", "mqtt+ws")
+    **{(scheme, "dns_port"): (Reason.PROTOCOL_ERROR,) for scheme in ("xmpp+ws", "mqtt+ws")},
+    **{(scheme, "dns_port"): (Reason.TCP_RESET,) for scheme in ("xmpp+wss", "mqtt+wss")},
 }
 
 
