@@ -401,3 +401,17 @@ async def test_a_normal_close_frame_ends_a_held_session_as_session_closed(
         )
     drop = next(e for e in events if e["event"] == "drop")
     assert drop["reason"] == "session_closed" and "code 1000" in drop["message"], drop
+
+
+async def test_the_waterfall_shows_the_upgrade_phase(
+    ws_servers: WsServers, servers: Servers
+) -> None:
+    from loginprobe.render import waterfall
+
+    result = await _check("mqtt+ws://alice@mqtt.test:{proxy_http_port}", ws_servers, servers)
+    lines = waterfall(result).splitlines()
+    rows = [line for line in lines if line.startswith(("  dns", "  tcp", "  upgrade", "  login"))]
+    assert [r.split()[:2] for r in rows] == [
+        ["dns", "ok"], ["tcp", "ok"], ["upgrade", "ok"], ["login", "ok"]
+    ]
+    assert len({r.index("ms") for r in rows}) == 1  # the columns line up

@@ -188,7 +188,9 @@ def _refusal(
     )
 
 
-async def read_response(conn: Conn, parser: h11.Connection, opening: str) -> h11.Response:
+async def read_response(
+    conn: Conn, parser: h11.Connection, opening: str
+) -> h11.Response | h11.InformationalResponse:
     """The final HTTP answer (or 101) to a request already sent through parser, its head
     bounded by MAX_HEAD_BYTES. Anything but HTTP is named as what it is."""
     received = 0
@@ -226,7 +228,7 @@ async def read_response(conn: Conn, parser: h11.Connection, opening: str) -> h11
             return event
         elif isinstance(event, h11.InformationalResponse):
             if event.status_code == 101:
-                return event  # type: ignore[return-value]  # the caller checks the status
+                return event  # the upgrade; other 1xx are interim answers
         else:
             raise ProbeFailure(
                 Reason.PROTOCOL_ERROR, f"unexpected HTTP event {type(event).__name__}"
