@@ -148,10 +148,11 @@ class Server:
 
 
 class Servers(Server):
-    """The test servers (prosody, mosquitto, nginx, unbound) on the servers' core."""
+    """The test servers (prosody, mosquitto, nginx, unbound) on the servers' core; with
+    module="devstack.websocket", their WebSocket servers beside them."""
 
-    def __init__(self) -> None:
-        super().__init__([python(), "-m", "devstack.servers"])
+    def __init__(self, module: str = "devstack.servers") -> None:
+        super().__init__([python(), "-m", module])
         self.info: dict[str, Any] = {}
 
     def __enter__(self) -> Servers:

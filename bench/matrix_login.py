@@ -82,7 +82,7 @@ def main() -> None:
         # Round-robin, one run of each case per round: a busy spell skews them alike.
         for round_ in range(args.runs):
             for name, _, attempts in CASES:
-                rate, wall = one_run(spec(name, attempts, servers, synapse, args))
+                rate, wall, _ = one_run(spec(name, attempts, servers, synapse, args))
                 rates[name].append(rate)
                 walls[name].append(wall)
             print(f"# round {round_ + 1}/{args.runs} done; {load_note()}", flush=True)

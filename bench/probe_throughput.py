@@ -1,7 +1,8 @@
 """Probes per CPU-second of the probing process: tcp://, tls://, MQTT-over-TLS and XMPP
-STARTTLS+SCRAM logins through run_check, bare asyncio loops for reference, and
-blackbox_exporter doing the same TCP and TLS probes, each pinned to one core with the
-servers on the other.
+STARTTLS+SCRAM logins through run_check, the same logins over WebSocket with TLS
+(mqtt+wss://, xmpp+wss://, with the upgrade phase's median duration), bare asyncio loops
+for reference, and blackbox_exporter doing the same TCP and TLS probes, each pinned to one
+core with the servers on the other.
 
     .venv/bin/python -m bench.probe_throughput                 # everything, 5 runs each
     .venv/bin/python -m bench.probe_throughput --runs 3 --only tcp,mqtts
@@ -75,6 +76,20 @@ SCENARIOS = [
         None,
         "loginprobe",
     ),
+    Scenario(
+        "mqtt+wss",
+        "mqtt+wss:// login via run_check (TLS + upgrade + CONNECT/CONNACK, mosquitto)",
+        2000,
+        None,
+        "loginprobe",
+    ),
+    Scenario(
+        "xmpp+wss",
+        "xmpp+wss:// login via run_check (TLS + upgrade + SCRAM + bind, prosody)",
+        600,
+        None,
+        "loginprobe",
+    ),
     Scenario("raw-tcp", "bare asyncio loop: sock_connect + close", 20000, None, "asyncio"),
     Scenario(
         "raw-tls",
@@ -139,13 +154,19 @@ def worker_loginprobe(spec: dict[str, Any]) -> dict[str, Any]:
     from loginprobe.target import parse_target
 
     target = parse_target(spec["url"])
-    resolver = spec.get("resolver")  # "IP:PORT" for names only the servers' DNS knows
-    options = ProbeOptions(password=spec["password"], ca_file=spec["ca_file"], timeout=10.0,
-                           resolver=parse_resolver(resolver) if resolver else None)
+    resolver = spec.get("resolver")
+    options = ProbeOptions(
+        password=spec["password"], ca_file=spec["ca_file"], timeout=10.0,
+        resolver=parse_resolver(resolver) if resolver else None,
+    )
+
+    phases: dict[str, list[int]] = {}
 
     async def one() -> str | None:
         result = await run_check(target, options)
         if result.success:
+            for phase in result.phases:
+                phases.setdefault(phase.name, []).append(phase.duration_ns)
             return None
         # The last event before the failure says where a phase-less timeout was waiting.
         events = [line.text for line in result.transcript if line.direction == "*"]
@@ -153,7 +174,10 @@ def worker_loginprobe(spec: dict[str, Any]) -> dict[str, Any]:
         return f"{result.reason}: {result.message} (after: {before[:60]})"
 
     async def main() -> dict[str, Any]:
-        return await measured(spec["attempts"], spec["concurrency"], one)
+        out = await measured(spec["attempts"], spec["concurrency"], one)
+        # The median duration of each phase over the run, warm-up included (ms).
+        out["phases"] = {name: median(ns) / 1e6 for name, ns in phases.items()}
+        return out
 
     return run_loop(main, spec["loop"])
 
@@ -281,6 +305,14 @@ def spec_for(
         "mqtts": f"mqtts://{servers['user']}@127.0.0.1:{servers['mqtts_port']}",
         "xmpp": f"xmpp://{servers['user']}@xmpp.test:{servers['xmpp_port']}?host=127.0.0.1",
     }
+    if "mqtt_wss_port" in servers:
+        # Direct to mosquitto and prosody, as mqtts:// and xmpp:// are. xmpp+wss:// has no
+        # ?host=, so its xmpp.test is looked up (the servers' unbound) on every attempt.
+        urls["mqtt+wss"] = f"mqtt+wss://{servers['user']}@127.0.0.1:{servers['mqtt_wss_port']}"
+        urls["xmpp+wss"] = (
+            f"xmpp+wss://{servers['user']}@xmpp.test:{servers['xmpp_wss_port']}/xmpp-websocket"
+        )
+        spec["resolver"] = servers["resolver"]
     if scenario.name in urls:
         spec["url"] = urls[scenario.name]
     if scenario.name.endswith("tcp"):
@@ -292,7 +324,7 @@ def spec_for(
     return spec
 
 
-def one_run(spec: dict[str, Any], tries: int = 3) -> tuple[float, float]:
+def one_run(spec: dict[str, Any], tries: int = 3) -> tuple[float, float, dict[str, float]]:
     """(probes per CPU-second, probes per wall-second) of one fresh worker process whose
     every attempt succeeded. A run with a failure is discarded and said so; it is tried
     again, since others' tests on a shared machine (nftables faults, a busy server core)
@@ -307,18 +339,28 @@ def one_run(spec: dict[str, Any], tries: int = 3) -> tuple[float, float]:
             [python(), "-m", "bench.probe_throughput", "--worker", json.dumps(spec)], cpu
         )
         if not out["failures"]:
-            return out["attempts"] / out["cpu"], out["attempts"] / out["wall"]
+            phases = out.get("phases", {})
+            return out["attempts"] / out["cpu"], out["attempts"] / out["wall"], phases
         print(f"# {what} {spec['loop']}: run discarded, attempts failed: {out['failures']}")
     sys.exit(f"{what}: attempts failed in {tries} runs in a row; no figures")
 
 
-def report(scenario: Scenario, loop: str, rates: list[float], walls: list[float]) -> None:
+def report(
+    scenario: Scenario, loop: str, rates: list[float], walls: list[float],
+    phases: list[dict[str, float]],
+) -> None:
     target = scenario.target
     verdict = f"{median(rates) / target:5.2f}x target {target:g}" if target else ""
+    # Each phase's median over the runs' medians, where the run measured phases.
+    names = [n for n in ("dns", "tcp", "tls", "upgrade", "login") if any(n in p for p in phases)]
+    timing = " ".join(
+        f"{n} {median([p[n] for p in phases if n in p]):.2f}" for n in names
+    )
     print(
         f"{scenario.name:8} {loop:8} {median(rates):7.0f} /CPU-s  "
         f"(runs: {', '.join(f'{r:.0f}' for r in rates)})  "
-        f"{median(walls):6.0f} /s wall  {verdict}",
+        f"{median(walls):6.0f} /s wall  {verdict}"
+        + (f"  phases ms: {timing}" if timing else ""),
         flush=True,
     )
 
@@ -346,7 +388,10 @@ def main() -> None:
     )
     for s in chosen:
         print(f"#   {s.name:8} {s.what}; {int(s.attempts * args.scale)} attempts per run")
-    with Servers() as servers, Acceptor() as acceptor:
+    module = (
+        "devstack.websocket" if any("+ws" in s.name for s in chosen) else "devstack.servers"
+    )
+    with Servers(module) as servers, Acceptor() as acceptor:
         env: dict[str, Any] = {
             "servers": servers.info,
             "tcp_port": acceptor.port,
@@ -367,16 +412,19 @@ def main() -> None:
                 env["blackbox"] = stack.enter_context(Blackbox(servers.info["ca_file"]))
             rates: dict[tuple[str, str], list[float]] = {}
             walls: dict[tuple[str, str], list[float]] = {}
+            timings: dict[tuple[str, str], list[dict[str, float]]] = {}
             # Round-robin over the cases, one run each per round: other work on the
             # machine then skews every case alike instead of whichever ran during it.
             for round_ in range(args.runs):
                 for scenario, loop in cases:
-                    rate, wall = one_run(spec_for(scenario, loop, env, args))
+                    rate, wall, timing = one_run(spec_for(scenario, loop, env, args))
+                    timings.setdefault((scenario.name, loop), []).append(timing)
                     rates.setdefault((scenario.name, loop), []).append(rate)
                     walls.setdefault((scenario.name, loop), []).append(wall)
                 print(f"# round {round_ + 1}/{args.runs} done; {load_note()}", flush=True)
         for scenario, loop in cases:
-            report(scenario, loop, rates[scenario.name, loop], walls[scenario.name, loop])
+            key = (scenario.name, loop)
+            report(scenario, loop, rates[key], walls[key], timings[key])
     print(f"# done; {load_note()}")
 
 

@@ -191,3 +191,38 @@ async def serve(
         for task in list(tasks):
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def websocket(*frames: bytes, subprotocol: str = "mqtt", then: str = "stall") -> Handler:
+    """Complete a WebSocket upgrade (echoing `subprotocol`), then for each entry read the
+    client's next bytes and answer with it (raw frames: a close, a masked frame, ...)."""
+    import base64
+    import hashlib
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        key = next(
+            line.split(b":", 1)[1].strip()
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"sec-websocket-key:")
+        )
+        accept = base64.b64encode(
+            hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11",
+                         usedforsecurity=False).digest()
+        )
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept + b"\r\n"
+            + (f"Sec-WebSocket-Protocol: {subprotocol}\r\n".encode() if subprotocol else b"")
+            + b"\r\n"
+        )
+        await writer.drain()
+        await scripted(*frames, then=then)(reader, writer)
+
+    return handler
+
+
+def close_frame(code: int, reason: str = "") -> bytes:
+    """A server's (unmasked) WebSocket close frame."""
+    payload = code.to_bytes(2, "big") + reason.encode()
+    return bytes([0x88, len(payload)]) + payload

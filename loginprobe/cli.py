@@ -195,7 +195,7 @@ def run_session_command(args: argparse.Namespace) -> int:
             "servers accept (MQTT's 16-bit keepalive field; XMPP servers time idle streams out "
             "sooner)"
         )
-    if target.protocol not in ("xmpp", "mqtt"):
+    if target.protocol not in ("xmpp", "mqtt", "xmpp+ws", "mqtt+ws"):
         raise UsageError(f"{args.url}: sessions are held for XMPP and MQTT logins only")
     return run_session(target, options, hold, keepalive, as_json=args.json)
 

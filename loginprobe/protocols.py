@@ -33,6 +33,8 @@ class Protocol:
     # Ports the protocol is commonly served on, in the order a follow-up tries them when the
     # URL's port refuses connections (probes/mismatch.py).
     well_known_ports: tuple[int, ...] = ()
+    # The path a URL without one gets; "" where the protocol discovers it (XEP-0156).
+    default_path: str = "/"
 
 
 PROTOCOLS: tuple[Protocol, ...] = (
@@ -63,6 +65,20 @@ PROTOCOLS: tuple[Protocol, ...] = (
         "matrix",
         (Scheme("matrix", "direct", 443),),
         probe="matrix", needs_user=True, well_known_ports=(443, 8448),
+    ),
+    # XMPP over WebSocket (RFC 7395): the host part is the JID's domain; without a path the
+    # endpoint is discovered from the domain's host-meta (XEP-0156).
+    Protocol(
+        "xmpp+ws",
+        (Scheme("xmpp+ws", "none", 80), Scheme("xmpp+wss", "direct", 443)),
+        probe="xmpp_ws", needs_user=True, domain_is_host=True, default_path="",
+    ),
+    # MQTT over WebSocket (subprotocol "mqtt"), with mqtt://'s options.
+    Protocol(
+        "mqtt+ws",
+        (Scheme("mqtt+ws", "none", 80), Scheme("mqtt+wss", "direct", 443)),
+        probe="mqtt_ws", query={"version": ("3.1.1", "5"), "client_id": None},
+        query_names={"version": "MQTT version"}, default_path="/mqtt",
     ),
 )
 

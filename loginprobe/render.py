@@ -31,8 +31,9 @@ def waterfall(result: Result, transcript: bool = False) -> str:
             width, BAR_WIDTH - min(start, BAR_WIDTH - 1)
         )
         extra = f"  {p.message}" if p.message else ""
-        lines.append(f"  {p.name:<6}{mark:>5} {_ms(p.duration_ns)}  |{bar:<{BAR_WIDTH}}|{extra}")
-    lines.append(f"  {'total':<6}{'':>5} {_ms(result.duration_ns)}")
+        # Seven columns hold the longest phase name, "upgrade"; the mark fits in four.
+        lines.append(f"  {p.name:<7}{mark:>4} {_ms(p.duration_ns)}  |{bar:<{BAR_WIDTH}}|{extra}")
+    lines.append(f"  {'total':<7}{'':>4} {_ms(result.duration_ns)}")
     if result.tls:
         t = result.tls
         state = "verified" if t.verified else f"NOT verified ({t.verify_error})"

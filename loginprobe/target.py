@@ -23,7 +23,7 @@ class Target:
     port: int
     user: str = ""
     domain: str = ""  # XMPP: the JID's domain, sent in the stream header
-    path: str = "/"
+    path: str = "/"  # "" for xmpp+ws:// without a path: discovered (XEP-0156)
     srv: str | None = None  # SRV name to try first (XMPP without an explicit port)
     params: dict[str, str] = field(default_factory=dict)
 
@@ -124,7 +124,7 @@ def parse_target(url: str) -> Target:
         port=port,
         user=user,
         domain=domain,
-        path=parts.path or "/",
+        path=parts.path or proto.default_path,
         srv=srv,
         params=params,
     )

@@ -8,6 +8,7 @@ import pytest
 
 from devstack.servers import Servers
 from devstack.synapse import Synapse
+from devstack.websocket import WsServers
 
 
 @pytest.fixture(scope="session")
@@ -23,3 +24,10 @@ def synapse(servers: Servers) -> Iterator[Synapse]:
     start."""
     with Synapse(servers) as hs:
         yield hs
+
+
+@pytest.fixture(scope="session")
+def ws_servers(servers: Servers) -> Iterator[WsServers]:
+    """prosody and mosquitto over WebSocket, and nginx proxying them, beside `servers`."""
+    with WsServers(servers) as ws:
+        yield ws

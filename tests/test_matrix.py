@@ -25,6 +25,10 @@ URLS: dict[str, str] = {
     "tcp": "tcp://127.0.0.1:{port}",
     "tls": "tls://127.0.0.1:{port}",
     "matrix": "matrix://alice@http.test:{port}",
+    "xmpp+ws": "xmpp+ws://alice@xmpp.test:{port}/xmpp-websocket",
+    "xmpp+wss": "xmpp+wss://alice@xmpp.test:{port}/xmpp-websocket",
+    "mqtt+ws": "mqtt+ws://alice@mqtt.test:{port}",
+    "mqtt+wss": "mqtt+wss://alice@mqtt.test:{port}",
 }
 
 OK = (Reason.OK, None)
@@ -159,6 +163,56 @@ EXPECT: dict[str, dict[str, Cell]] = {
     },
 }
 
+# Over WebSocket: the HTTP ports answer the upgrade with their status, which the probe
+# diagnoses itself (its own finding leads the hint); the rest is the other schemes' story.
+_WS_HTTP: dict[str, Cell] = {
+    "http_port": (Reason.PROTOCOL_MISMATCH, None),  # 404: nothing at the path
+    "https_port": (Reason.PROTOCOL_MISMATCH, None),  # 400: plain HTTP to nginx's TLS port
+    "https_tls11_port": (Reason.PROTOCOL_MISMATCH, None),
+}
+_WSS_TLS: dict[str, Cell] = {
+    "mqtts_expired_port": (Reason.TLS_CERT_EXPIRED, None),
+    "mqtts_wronghost_port": (Reason.TLS_HOSTNAME_MISMATCH, None),
+    "mqtts_selfsigned_port": (Reason.TLS_CERT_UNTRUSTED, None),
+    "http_port": mismatch("speaks HTTP: use http://"),
+    "https_port": (Reason.PROTOCOL_MISMATCH, None),  # 404: nothing at the path
+    "https_tls11_port": (Reason.TLS_VERSION_MISMATCH, None),
+}
+for _scheme in ("xmpp+ws", "mqtt+ws"):
+    EXPECT[_scheme] = {
+        "dns_port": (Reason.LOGIN_TIMEOUT, None),
+        "xmpp_port": mismatch("speaks XMPP: use xmpp://"),
+        "xmpps_port": mismatch(
+            "speaks XMPP over TLS: use xmpps://" if _scheme == "xmpp+ws"
+            else "speaks TLS: use mqtt+wss://"
+        ),
+        "mqtt_port": mismatch("speaks MQTT: use mqtt://"),
+        **_same(mismatch("speaks MQTT over TLS: use mqtts://"), *_MQTTS_PORTS),
+        **_WS_HTTP,
+    }
+for _scheme in ("xmpp+wss", "mqtt+wss"):
+    EXPECT[_scheme] = {
+        "dns_port": (Reason.TLS_TIMEOUT, None),
+        "xmpp_port": mismatch("speaks XMPP: use xmpp://"),
+        # prosody's direct TLS: for xmpp.test it completes and then answers XMPP; it knows
+        # no mqtt.test (a TLS alert).
+        "xmpps_port": (Reason.PROTOCOL_MISMATCH, None) if _scheme == "xmpp+wss"
+        else (Reason.TLS_HANDSHAKE_FAILED, None),
+        "mqtt_port": mismatch("speaks MQTT: use mqtt://"),
+        "mqtts_port": (Reason.PROTOCOL_ERROR, None),  # mosquitto hangs up on HTTP
+        **_WSS_TLS,
+    }
+
+
+# Cells whose answer depends on the load: unbound closes idle TCP connections sooner when
+# many are open, so amid the matrix's parallel cells the DNS port's stall of a WebSocket
+# upgrade may end as a close (the runner then says protocol_error), and its stall of a TLS
+# handshake as a reset.
+_LOAD_DEPENDENT: dict[tuple[str, str], tuple[Reason, ...]] = {
+    **{(scheme, "dns_port"): (Reason.PROTOCOL_ERROR,) for scheme in ("xmpp+ws", "mqtt+ws")},
+    **{(scheme, "dns_port"): (Reason.TCP_RESET,) for scheme in ("xmpp+wss", "mqtt+wss")},
+}
+
 
 def expected(scheme: str, port_name: str) -> Cell:
     if scheme == "tcp":
@@ -174,6 +228,8 @@ def test_every_scheme_has_its_row() -> None:
 def _judge(scheme: str, port_name: str, port: int, result: Result) -> str | None:
     """What is wrong with one cell, or None."""
     reason, finding = expected(scheme, port_name)
+    if result.reason in _LOAD_DEPENDENT.get((scheme, port_name), ()):
+        reason = result.reason
     headline = finding.format(port=port) if finding else None
     want_hint = (
         f"{headline[:1].upper()}{headline[1:]}. {reason.hint}" if headline else reason.hint

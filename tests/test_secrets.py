@@ -14,6 +14,7 @@ import pytest
 from devstack import fakes
 from devstack.servers import Servers
 from devstack.synapse import Synapse
+from devstack.websocket import WsServers
 
 WRONG = "Wr0ng-but-still-Secret"
 
@@ -147,3 +148,45 @@ async def test_the_follow_up_never_sends_the_password(url: str) -> None:
     for sent in follow_ups:
         for secret in forms(WRONG):
             assert secret.encode() not in sent
+
+
+async def test_no_websocket_output_shows_the_password(
+    servers: Servers, ws_servers: WsServers
+) -> None:
+    """The same promise over WebSocket (xmpp+ws, mqtt+ws), through nginx and direct."""
+    w, pw = ws_servers, servers.password
+    cases = [
+        (f"xmpp+wss://alice@xmpp.test:{w.proxy_https_port}", pw, "ok"),
+        (f"xmpp+ws://alice@xmpp.test:{w.xmpp_ws_port}/xmpp-websocket", pw, "ok"),
+        (f"mqtt+wss://alice@mqtt.test:{w.proxy_https_port}?version=5", pw, "ok"),
+        (f"mqtt+ws://alice@mqtt.test:{w.mqtt_ws_port}", pw, "ok"),
+        (f"xmpp+wss://alice@xmpp.test:{w.xmpp_wss_port}/xmpp-websocket", WRONG, "auth_rejected"),
+        (f"xmpp+ws://nobody@xmpp.test:{w.proxy_http_port}", WRONG, "auth_rejected"),
+        (f"mqtt+wss://alice@mqtt.test:{w.mqtt_wss_port}", WRONG, "auth_rejected"),
+        (f"mqtt+ws://nobody@mqtt.test:{w.proxy_http_port}/mqtt", WRONG, "auth_rejected"),
+        (f"xmpp+wss://alice@xmpp.test:{w.proxy_https_port}/strip/xmpp-websocket", pw,
+         "protocol_mismatch"),
+        (f"mqtt+wss://alice@mqtt.test:{w.proxy_https_port}/old/mqtt", pw, "protocol_mismatch"),
+        (f"mqtt+ws://alice@mqtt.test:{servers.http_port}/", pw, "protocol_mismatch"),
+    ]
+    common = ["--resolver", servers.resolver, "--ca-file", str(servers.ca_file), "--verbose"]
+    slots = asyncio.Semaphore(4)
+
+    async def one(url: str, password: str, reason: str, fmt: list[str]) -> None:
+        async with slots:
+            code, output = await run_cli([url, *common, *fmt], password)
+        assert reason in output, (url, output)
+        assert code == (0 if reason == "ok" else 1)
+        for secret in forms(password, user=url.split("//")[1].split("@")[0]):
+            assert secret not in output, (url, fmt)
+
+    await asyncio.gather(*(one(*case, fmt) for case in cases for fmt in ([], ["--json"])))
+    # A server that closes the WebSocket with our password as its reason: quoted, redacted.
+    handler = fakes.websocket(fakes.close_frame(1008, f"bad password {WRONG}"))
+    async with fakes.serve(handler) as port:
+        code, output = await run_cli(
+            [f"mqtt+ws://alice@127.0.0.1:{port}", "--timeout", "2", "-v"], WRONG
+        )
+    assert code == 1 and "auth_not_authorized" in output and "code 1008" in output
+    for secret in forms(WRONG):
+        assert secret not in output

@@ -40,6 +40,8 @@ _NAMES = {
     "ssh": "SSH",
     "smtp": "SMTP",
     "matrix": "Matrix",
+    "xmpp+ws": "XMPP over WebSocket",
+    "mqtt+ws": "MQTT over WebSocket",
 }
 _SMTP = re.compile(rb"^2[0-9]{2}[ -]")
 

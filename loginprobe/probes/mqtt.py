@@ -221,11 +221,17 @@ def hello(target: Target) -> bytes:
 
 
 async def probe(attempt: Attempt) -> None:
-    target = attempt.target
-    version = target.params["version"]  # parse_target sets the default
     # mosquitto ignores an ALPN offer it has no use for; brokers behind an ALPN-routing
     # proxy (port 443) need it.
     conn = await establish(attempt, alpn=("mqtt",))
+    await login(attempt, conn)
+
+
+async def login(attempt: Attempt, conn: Conn) -> None:
+    """The login phase on an open transport (TCP and TLS, or a WebSocket): CONNECT,
+    CONNACK, then the DISCONNECT."""
+    target = attempt.target
+    version = target.params["version"]  # parse_target sets the default
     conn.binary = True
     with attempt.phase("login"):
         # An explicit ?client_id= wins, even empty (the broker then assigns one). The

@@ -35,6 +35,9 @@ _TIMEOUT_REASONS = {
     "tcp": Reason.TCP_TIMEOUT,
     "tls": Reason.TLS_TIMEOUT,
     "login": Reason.LOGIN_TIMEOUT,
+    # Connected, and the server does not finish the WebSocket upgrade: the HTTP probe's
+    # stalled answer is a login timeout too.
+    "upgrade": Reason.LOGIN_TIMEOUT,
 }
 
 

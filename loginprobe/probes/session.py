@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from loginprobe.contract import Reason
 from loginprobe.probes.attempt import Conn, ProbeFailure, ProbeOptions
 from loginprobe.probes.run import run_login
+from loginprobe.probes.websocket import WsConn
 from loginprobe.result import Result
 from loginprobe.target import Target
 
@@ -59,6 +60,8 @@ def _closed(conn: Conn, failure: ProbeFailure) -> Reason:
     session_closed."""
     if failure.reason is Reason.PROTOCOL_ERROR and conn.reader.at_eof():
         return Reason.SESSION_CLOSED
+    if isinstance(conn, WsConn) and conn.close_code in (1000, 1005):
+        return Reason.SESSION_CLOSED  # a WebSocket closed normally, without a reason
     return failure.reason
 
 
@@ -84,7 +87,11 @@ class XmppKeeper:
     async def ping(self) -> None:
         self._n += 1
         ident = f"ka{self._n}"
-        await _send(self.conn, f"<iq type='get' id='{ident}'><ping xmlns='{NS_PING}'/></iq>")
+        # The namespace spelled out: over WebSocket every stanza must carry it (RFC 7395).
+        await _send(
+            self.conn,
+            f"<iq xmlns='jabber:client' type='get' id='{ident}'><ping xmlns='{NS_PING}'/></iq>",
+        )
         while True:
             stanza = await self._read()
             if stanza.name == "iq" and stanza.attrs.get("id") == ident:

@@ -282,6 +282,7 @@ class XmlStream:
 def hello(target: Target) -> bytes:
     """Our stream header, for the follow-up that asks whether a port speaks XMPP: every
     XMPP server answers it with its own, even to refuse us."""
+    # Attribute values in single quotes, as the XMPP examples do: escape those too.
     domain = escape(target.domain or target.host, {"'": "&apos;"})
     return (
         f"<?xml version='1.0'?><stream:stream to='{domain}' version='1.0' "
@@ -298,6 +299,12 @@ async def probe(attempt: Attempt) -> None:
         # STARTTLS negotiation belongs to the tls phase: it is what it takes to get TLS.
         with attempt.phase("tls"):
             await session.starttls()
+    await login(attempt, session)
+
+
+async def login(attempt: Attempt, session: Session) -> None:
+    """The login phase on an open transport (TCP and TLS, or a WebSocket): stream, SASL,
+    resource bind, then the polite close."""
     with attempt.phase("login"):
         features = await session.open_stream()
         await session.authenticate(features)
@@ -323,10 +330,16 @@ class Session:
     async def open_stream(self) -> Element:
         """(Re)start the stream: send our header, read the server's and its features."""
         self.stream = XmlStream(self.conn)
-        # Attribute values in single quotes, as the XMPP examples do: escape those too.
-        await self.conn.send(hello(self.attempt.target))
+        await self.conn.send(self.opening())
         await self.stream.opened()
         return await self.stream.expect(NS_STREAM, "features")
+
+    def opening(self) -> bytes:
+        """What (re)starts our stream: the stream header."""
+        return hello(self.attempt.target)
+
+    # What ends our stream.
+    closing = b"</stream:stream>"
 
     async def starttls(self) -> None:
         features = await self.open_stream()
@@ -458,7 +471,7 @@ class Session:
                 f"the server offered no resource binding (features: {_feature_names(features)})",
             )
         await self.conn.send(
-            f"<iq type='set' id='bind1'><bind xmlns='{NS_BIND}'>"
+            f"<iq xmlns='{NS_CLIENT}' type='set' id='bind1'><bind xmlns='{NS_BIND}'>"
             f"<resource>{escape(RESOURCE)}</resource></bind></iq>".encode()
         )
         while True:
@@ -491,7 +504,7 @@ class Session:
         left = self.attempt.options.timeout - self.attempt.now() / 1e9 - 0.05
         with contextlib.suppress(ProbeFailure, TimeoutError, OSError):
             async with asyncio.timeout(min(CLOSE_WAIT, left)):
-                await self.conn.send(b"</stream:stream>")
+                await self.conn.send(self.closing)
                 while not self.stream.closed:
                     await self.stream.next()
 
