@@ -4,19 +4,30 @@ login timed under a deliberately blocked event loop against real servers, and th
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from typing import Any
 
 import pytest
+from opentelemetry.sdk.trace.export import SpanExportResult
 
+from devstack.prometheus import parse_render
 from devstack.servers import Servers
+from loginprobe.codec import Report, from_wire, to_wire
+from loginprobe.collector.exporters.otel import TraceExporter
+from loginprobe.collector.exporters.prometheus import ResultMetrics
+from loginprobe.collector.ingest import FleetState, Ingest
+from loginprobe.contract import Reason
 from loginprobe.probes import stream as stream_module
 from loginprobe.probes.attempt import Attempt, ProbeOptions
 from loginprobe.probes.stream import SO_TIMESTAMPNS, Stream, kernel_stamp, to_clock
-from loginprobe.result import Result
+from loginprobe.result import Phase, Result
 from loginprobe.target import parse_target
+from loginprobe.wire import collector_pb2 as pb
 from tests.probing import check, options
 
 BUSY_SECONDS = 0.03  # the blocked loop: far above a loopback exchange (~0.1-1 ms)
@@ -228,3 +239,52 @@ async def test_a_failed_login_that_got_its_answer_is_timed_by_the_wire(servers: 
     assert result.reason == "auth_rejected"
     login = next(p for p in result.phases if p.name == "login")
     assert (login.ok, login.clock) == (False, "kernel") and login.server_ns is not None
+
+
+# ---- what the collector makes of it -------------------------------------------------------
+
+
+class Spans:
+    def __init__(self) -> None:
+        self.spans: list[Any] = []
+
+    def export(self, spans: Any) -> SpanExportResult:
+        self.spans += spans
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+
+def timed_result() -> pb.ProbeResult:
+    phases = [Phase("tcp", True, 0, 40_000, clock="kernel"),
+              Phase("tls", True, 50_000, 1_100_000, clock="kernel", server_ns=400_000),
+              Phase("login", False, 1_200_000, 300_000, clock="socket", server_ns=250_000)]
+    r = Result(url="mqtts://alice@broker.example:8883", protocol="mqtt", success=False,
+               reason=Reason.AUTH_REJECTED, message="CONNACK 0x05 Not authorized",
+               started_at=datetime.now(UTC), duration_ns=1_600_000, phases=phases)
+    return to_wire(Report(r, 1, "mqtts-login", os.urandom(16)))
+
+
+def test_clock_and_server_time_travel_to_the_json_metrics_and_spans() -> None:
+    msg = timed_result()
+    back = from_wire(msg).result
+    assert [(p.name, p.clock, p.server_ns) for p in back.phases] == [
+        ("tcp", "kernel", None), ("tls", "kernel", 400_000), ("login", "socket", 250_000)]
+    assert back.to_dict()["phases"][1]["server_duration_seconds"] == 0.0004
+
+    fleet = FleetState()
+    metrics = ResultMetrics(fleet)
+    spans = Spans()
+    exporter = TraceExporter(fleet, spans, 1.0, max_sampled_per_second=1e9)  # type: ignore[arg-type]
+    Ingest(fleet, [metrics, exporter]).batch("a1", {}, [msg])
+    exporter.close()
+    samples = {(s.name, s.labels.get("phase")): s.value
+               for f in parse_render(metrics.render) for s in f.samples}
+    assert samples[("loginprobe_phase_server_duration_seconds_count", "tls")] == 1
+    assert samples[("loginprobe_phase_server_duration_seconds_sum", "login")] == 0.00025
+    assert ("loginprobe_phase_server_duration_seconds_count", "tcp") not in samples
+    by_name = {s.name: dict(s.attributes) for s in spans.spans}
+    assert by_name["tls"]["loginprobe.phase.server_duration_seconds"] == 0.0004
+    assert by_name["login"]["loginprobe.phase.clock"] == "socket"
+    assert "loginprobe.phase.server_duration_seconds" not in by_name["tcp"]
