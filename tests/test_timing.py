@@ -288,3 +288,16 @@ def test_clock_and_server_time_travel_to_the_json_metrics_and_spans() -> None:
     assert by_name["tls"]["loginprobe.phase.server_duration_seconds"] == 0.0004
     assert by_name["login"]["loginprobe.phase.clock"] == "socket"
     assert "loginprobe.phase.server_duration_seconds" not in by_name["tcp"]
+
+
+async def test_the_transcript_says_when_bytes_left_and_arrived(
+    servers: Servers, busy_after_each_send: list[int]
+) -> None:
+    result = await check(f"mqtt://alice@127.0.0.1:{servers.mqtt_port}", options(servers))
+    assert result.success, result.message
+    lines = [line for line in result.transcript if line.direction in "<>"]
+    connect, connack = lines[0], lines[1]
+    assert connect.text.startswith("CONNECT") and connack.direction == "<"
+    login = next(p for p in result.phases if p.name == "login")
+    # The exchange's lines are the phase's bounds, though the loop was blocked between them.
+    assert connack.offset_ns - connect.offset_ns == login.duration_ns

@@ -256,14 +256,18 @@ class Conn:
 
     async def send(self, data: bytes, shown: str | None = None) -> None:
         """Send data; `shown` replaces it in the transcript (for credentials)."""
+        line = len(self.attempt.transcript)
         self.attempt.note(">", shown if shown is not None else printable(data))
         try:
             self.writer.write(data)
             await self.writer.drain()
         except (ConnectionResetError, BrokenPipeError) as exc:
             raise ProbeFailure(Reason.TCP_RESET, f"connection reset while sending: {exc}") from None
-        if self.stream is not None:
-            self.attempt.sent(self.stream.sent_ns)
+        stream = self.stream
+        if stream is not None and stream.sent_ns is not None:
+            self.attempt.sent(stream.sent_ns)
+            # The transcript says when the bytes left, not when we decided to send them.
+            self.attempt.transcript[line].offset_ns = stream.sent_ns - self.attempt.t0
 
     def _account(self, data: bytes) -> bytes:
         stream = self.stream
@@ -272,6 +276,9 @@ class Conn:
         self.attempt.bytes_read += len(data)
         if data:
             self.attempt.note("<", hexdump(data) if self.binary else printable(data))
+            if stream is not None and stream.arrived_ns is not None:
+                # When the bytes arrived, not when we got round to reading them.
+                self.attempt.transcript[-1].offset_ns = stream.arrived_ns - self.attempt.t0
         if self.attempt.bytes_read > MAX_TOTAL_BYTES:
             raise ProbeFailure(
                 Reason.PROTOCOL_ERROR,
