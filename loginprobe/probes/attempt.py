@@ -238,7 +238,8 @@ def hexdump(data: bytes, limit: int = 512) -> str:
 
 
 class Conn:
-    """An asyncio stream with bounded reads, a transcript, and failures mapped to reasons."""
+    """A connection (probes/stream.py, or any asyncio stream) with bounded reads, a transcript
+    stamped when bytes left and arrived, and failures mapped to reasons."""
 
     def __init__(
         self, attempt: Attempt, reader: asyncio.StreamReader,
