@@ -162,10 +162,12 @@ class Servers(Server):
 
 
 class Acceptor(Server):
-    """bench.acceptor on the servers' core: accepts and closes."""
+    """bench.acceptor on the servers' core: accepts and closes (after a TLS handshake with
+    tls=(cert, key))."""
 
-    def __init__(self, addresses: int = 0) -> None:
-        super().__init__([python(), "-m", "bench.acceptor", "--addresses", str(addresses)])
+    def __init__(self, addresses: int = 0, tls: tuple[str, str] | None = None) -> None:
+        super().__init__([python(), "-m", "bench.acceptor", "--addresses", str(addresses),
+                          *(["--tls", *tls] if tls else [])])
         self.port = 0
 
     def __enter__(self) -> Acceptor:
@@ -209,6 +211,14 @@ class Blackbox:
             "      tls: true\n"
             "      tls_config:\n"
             f"        ca_file: {self.ca_file}\n"
+            "  tls_named:\n"  # to an address the certificate does not name
+            "    prober: tcp\n"
+            "    timeout: 5s\n"
+            "    tcp:\n"
+            "      tls: true\n"
+            "      tls_config:\n"
+            f"        ca_file: {self.ca_file}\n"
+            "        server_name: xmpp.test\n"
         )
         self.port = free_port()
         log = (self._dir / "blackbox.log").open("wb")

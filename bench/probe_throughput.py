@@ -60,7 +60,7 @@ class Scenario:
 SCENARIOS = [
     Scenario("tcp", "tcp:// via run_check (connect only)", 20000, 5000, "loginprobe"),
     Scenario(
-        "tls", "tls:// via run_check (TCP + TLS 1.3 handshake, nginx)", 4000, None, "loginprobe"
+        "tls", "tls:// via run_check (TCP + TLS 1.2 handshake, nginx)", 4000, None, "loginprobe"
     ),
     Scenario(
         "mqtts",

@@ -41,6 +41,10 @@ class PhaseView(Protocol):
     def start_offset_ns(self) -> int: ...
     @property
     def duration_ns(self) -> int: ...
+    @property
+    def clock(self) -> str: ...
+    @property
+    def server_duration_ns(self) -> int: ...
 
 
 class TLSView(Protocol):
@@ -126,6 +130,8 @@ def to_wire(report: Report) -> pb.ProbeResult:
                 duration_ns=p.duration_ns,
                 skipped=p.skipped,
                 message=p.message,
+                clock=p.clock,
+                server_duration_ns=p.server_ns or 0,
             )
             for p in r.phases
         ],
@@ -262,6 +268,8 @@ def from_wire(msg: pb.ProbeResult) -> Report:
                 duration_ns=p.duration_ns,
                 skipped=p.skipped,
                 message=p.message,
+                clock=p.clock,
+                server_ns=p.server_duration_ns or None,
             )
             for p in msg.phases
         ],

@@ -30,7 +30,8 @@ def waterfall(result: Result, transcript: bool = False) -> str:
         bar = " " * min(start, BAR_WIDTH - 1) + "#" * min(
             width, BAR_WIDTH - min(start, BAR_WIDTH - 1)
         )
-        extra = f"  {p.message}" if p.message else ""
+        extra = f"  server {_ms(p.server_ns).strip()}" if p.server_ns is not None else ""
+        extra += f"  {p.message}" if p.message else ""
         # Seven columns hold the longest phase name, "upgrade"; the mark fits in four.
         lines.append(f"  {p.name:<7}{mark:>4} {_ms(p.duration_ns)}  |{bar:<{BAR_WIDTH}}|{extra}")
     lines.append(f"  {'total':<7}{'':>4} {_ms(result.duration_ns)}")

@@ -21,6 +21,12 @@ class Phase:
     duration_ns: int
     skipped: bool = False
     message: str = ""
+    # Where the duration comes from: kernel, socket or process (probes/attempt.py); empty
+    # when not said (a result from an older agent).
+    clock: str = ""
+    # tls and login: how long the server took to answer, our last request byte out -> its
+    # answer in, summed over the phase's exchanges.
+    server_ns: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -29,6 +35,10 @@ class Phase:
             "duration_seconds": round(self.duration_ns / 1e9, 7),
             "start_offset_seconds": round(self.start_ns / 1e9, 7),
         }
+        if self.clock:
+            out["clock"] = self.clock
+        if self.server_ns is not None:
+            out["server_duration_seconds"] = round(self.server_ns / 1e9, 7)
         if self.skipped:
             out["skipped"] = True
         if self.message:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -271,6 +272,36 @@ async def test_stop_lets_probes_in_flight_finish_and_starts_none_queued() -> Non
     await stopping
     assert len(rec.started) == len(rec.reports) == 2  # finished, handed on; no queued start
     assert sched.in_flight == 0
+
+
+async def test_a_path_whose_attempts_time_out_never_makes_a_healthy_path_skip_a_round(
+) -> None:
+    """The paths start together, but each keeps its own schedule: a cellular attempt that
+    runs into its timeout (longer than the interval) skips cellular's next round only."""
+    interval = 0.3
+    starts: dict[str | None, list[float]] = {"wlan0": [], "wwan0": []}
+
+    async def probe(target: Target, options: ProbeOptions) -> Result:
+        starts[options.interface].append(asyncio.get_running_loop().time())
+        # The slow path's attempt lasts its whole timeout, and a little more to hand on.
+        await asyncio.sleep(interval * 1.2 if options.interface == "wwan0" else 0.01)
+        return fake_result(target)
+
+    rec = Recorder()
+    paths = [ProbePath("wifi", interface="wlan0"), ProbePath("cellular", interface="wwan0")]
+    sched = Scheduler(rec.sink, paths, concurrency=10, probe=probe)
+    sched.replace(LOCAL, [spec("c", interval)])
+    await asyncio.sleep(interval * 10.5)
+    await sched.stop()
+    wifi, cell = starts["wlan0"], starts["wwan0"]
+    assert abs(wifi[0] - cell[0]) < 0.05  # started together
+    gaps = [b - a for a, b in itertools.pairwise(wifi)]
+    assert len(wifi) >= 9, wifi
+    # Every healthy round ran: no gap of two intervals (a busy machine may be late, but a
+    # skipped round is a whole interval).
+    assert max(gaps) < interval * 1.5, gaps
+    assert len(cell) < len(wifi)  # the slow path did skip its own rounds
+    assert sched.skipped_total >= 1
 
 
 @pytest.fixture

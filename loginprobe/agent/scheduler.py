@@ -1,5 +1,6 @@
 """Runs every check on its interval, each at its own hashed offset so a thousand checks do not
-fire at once, on every network path at the same moment, under one concurrency limit, and
+fire at once, on every network path (the paths start together, then each keeps its own
+schedule, so a slow path never costs another its samples), under one concurrency limit, and
 hands each Result on as a Report."""
 
 from __future__ import annotations
@@ -184,31 +185,36 @@ class Scheduler:
         # re-sent assignment as before it.
         phase = self._epoch + first_offset(self._salt, spec.name, spec.interval)
         next_at = phase + max(0, math.ceil((loop.time() - phase) / spec.interval)) * spec.interval
-        previous: asyncio.Task[None] | None = None
+        # Each path keeps its own schedule: a path whose last attempt is still running (a
+        # timeout on a slow cellular link) skips its turn, the others never do.
+        previous: dict[int, asyncio.Task[None]] = {}
         while True:
             await asyncio.sleep(next_at - loop.time())
-            if previous is not None and not previous.done():
-                # The last run has not finished (it waited long for a slot): starting
-                # another would only grow the queue.
-                self.skipped_total += 1
-            else:
-                previous = asyncio.create_task(self._run(spec))
-                self._runs.add(previous)
-                previous.add_done_callback(self._runs.discard)
+            self._start_round(spec, previous)
             next_at += spec.interval
             if next_at < loop.time():  # we were suspended or starved: skip, don't burst
                 next_at += math.ceil((loop.time() - next_at) / spec.interval) * spec.interval
 
-    async def _run(self, spec: CheckSpec) -> None:
-        """One run of a check: an attempt on every path at once, so the paths' samples are
-        paired (same moment, same server load). The order is shuffled on each run: the
-        attempt started first on the event loop must not always be the same path's."""
+    def _start_round(self, spec: CheckSpec, previous: dict[int, asyncio.Task[None]]) -> None:
+        """One round of a check: an attempt on every path whose last one has finished, all
+        at once, so the paths' samples are paired (same moment, same server load). The order
+        is shuffled on each round: the attempt started first on the event loop must not
+        always be the same path's."""
         gate = self._gates.get(spec.name)
         if gate is None or gate.interval != spec.interval:
             gate = self._gates[spec.name] = FollowUpGate(spec.interval)
         options = dataclasses.replace(spec.options(), follow_up_gate=gate)
-        paths = random.sample(self._paths, len(self._paths))
-        await asyncio.gather(*(self._attempt(spec, options, path) for path in paths))
+        for index in random.sample(range(len(self._paths)), len(self._paths)):
+            last = previous.get(index)
+            if last is not None and not last.done():
+                # This path's last attempt has not finished (it waited long for a slot, or
+                # its network is slow): starting another would only grow its queue.
+                self.skipped_total += 1
+                continue
+            task = asyncio.create_task(self._attempt(spec, options, self._paths[index]))
+            previous[index] = task
+            self._runs.add(task)
+            task.add_done_callback(self._runs.discard)
 
     async def _attempt(self, spec: CheckSpec, options: ProbeOptions, path: ProbePath) -> None:
         async with self._slots:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -13,10 +14,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from loginprobe.contract import PHASES, Reason
+from loginprobe.probes.stream import Stream, StreamWriter
 from loginprobe.result import DNSInfo, Phase, Result, TLSInfo, TranscriptLine
 from loginprobe.target import Target
 
 Clock = Callable[[], int]
+
+# Where a phase's duration comes from (Phase.clock). kernel: the kernel's own stamps (the
+# TCP handshake's RTT; arrivals stamped on receipt, departures at the send call that put
+# them on the wire); socket: the same events, arrivals stamped when our read callback ran
+# (no kernel timestamps here); process: when our code began and ended the phase.
+CLOCK_KERNEL, CLOCK_SOCKET, CLOCK_PROCESS = "kernel", "socket", "process"
 
 # A server may not make a probe read more than this, in one message or in total: a hostile
 # or broken server that streams endlessly must not grow our memory.
@@ -63,6 +71,36 @@ class PhaseHandle:
         self.skipped = False
         self.ok: bool | None = None  # set to False to record a non-fatal failure
         self.message = ""
+        # The phase's traffic, on the attempt's clock: its first and last event (bytes out
+        # or in), whether the last was an arrival, whether every arrival was stamped by the
+        # kernel, and the server's answer time summed over its exchanges.
+        self.first_ns: int | None = None
+        self.last_ns: int | None = None
+        self.last_arrival = False
+        self.by_kernel = True
+        self.server_ns: int | None = None
+
+    def event(self, at: int, arrival: bool = False, by_kernel: bool = True) -> None:
+        if self.first_ns is None or at < self.first_ns:
+            self.first_ns = at
+        if self.last_ns is None or at >= self.last_ns:
+            self.last_ns, self.last_arrival = at, arrival
+        if arrival:
+            self.by_kernel = self.by_kernel and by_kernel
+
+    def exchange(self, server_ns: int | None) -> None:
+        if server_ns is not None:
+            self.server_ns = (self.server_ns or 0) + max(0, server_ns)
+
+    def timing(self, ok: bool, wall: int) -> tuple[int, str]:
+        """(duration, clock): the kernel's measurement; else the span between the phase's
+        first and last bytes on the wire (if it ended on its answer when it failed: a phase
+        that timed out waited the whole wall-clock time); else the wall clock."""
+        if ok and self.measured_ns is not None:
+            return self.measured_ns, CLOCK_KERNEL
+        if self.first_ns is not None and self.last_ns is not None and (ok or self.last_arrival):
+            return self.last_ns - self.first_ns, CLOCK_KERNEL if self.by_kernel else CLOCK_SOCKET
+        return wall, CLOCK_PROCESS
 
 
 class Attempt:
@@ -76,6 +114,7 @@ class Attempt:
         self.t0 = clock()
         self.phases: list[Phase] = []
         self.current: str | None = None
+        self.handle: PhaseHandle | None = None  # the phase in flight's
         self.failed_phase: str | None = None
         # What the phase in flight is waiting for, for a deadline's message (e.g. the DNS
         # query and its server); None when the phase name says it all.
@@ -110,7 +149,7 @@ class Attempt:
     def phase(self, name: str) -> Iterator[PhaseHandle]:
         handle = PhaseHandle()
         start = self.now()
-        self.current = name
+        self.current, self.handle = name, handle
         ok = False
         try:
             yield handle
@@ -119,9 +158,8 @@ class Attempt:
             self.failed_phase = name
             raise
         finally:
-            self.current = None
-            wall = self.now() - start
-            duration = handle.measured_ns if ok and handle.measured_ns is not None else wall
+            self.current, self.handle = None, None
+            duration, clock = handle.timing(ok, self.now() - start)
             self.phases.append(
                 Phase(
                     name=name,
@@ -130,8 +168,22 @@ class Attempt:
                     duration_ns=duration,
                     skipped=handle.skipped,
                     message=handle.message,
+                    clock=clock,
+                    server_ns=handle.server_ns,
                 )
             )
+
+    def sent(self, at: int | None) -> None:
+        """Our bytes left at `at` (on the attempt's clock, not relative to its start)."""
+        if self.handle is not None and at is not None:
+            self.handle.event(at - self.t0)
+
+    def arrived(self, at: int | None, by_kernel: bool, server_ns: int | None = None) -> None:
+        """The bytes the phase just read arrived at `at`; server_ns: the server's time for
+        the request they answer, if they are its first answer."""
+        if self.handle is not None and at is not None:
+            self.handle.event(at - self.t0, arrival=True, by_kernel=by_kernel)
+            self.handle.exchange(server_ns)
 
     def note(self, direction: str, text: str) -> None:
         self.transcript.append(TranscriptLine(self.now(), direction, text))
@@ -190,14 +242,19 @@ def hexdump(data: bytes, limit: int = 512) -> str:
 
 
 class Conn:
-    """An asyncio stream with bounded reads, a transcript, and failures mapped to reasons."""
+    """A connection (probes/stream.py, or any asyncio stream) with bounded reads, a transcript
+    stamped when bytes left and arrived, and failures mapped to reasons."""
 
     def __init__(
-        self, attempt: Attempt, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self, attempt: Attempt, reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter | StreamWriter, stream: Stream | None = None,
     ) -> None:
         self.attempt = attempt
         self.reader = reader
         self.writer = writer
+        # Where the bytes are stamped as they leave and arrive; None for an asyncio stream
+        # (its phases then keep the process clock).
+        self.stream = stream
         # Binary protocols (MQTT) read better in the transcript as hex than as text.
         self.binary = False
         # While set, received bytes are counted but not transcribed (they carry a token that
@@ -207,19 +264,31 @@ class Conn:
 
     async def send(self, data: bytes, shown: str | None = None) -> None:
         """Send data; `shown` replaces it in the transcript (for credentials)."""
+        line = len(self.attempt.transcript)
         self.attempt.note(">", shown if shown is not None else printable(data))
         try:
             self.writer.write(data)
             await self.writer.drain()
         except (ConnectionResetError, BrokenPipeError) as exc:
             raise ProbeFailure(Reason.TCP_RESET, f"connection reset while sending: {exc}") from None
+        stream = self.stream
+        if stream is not None and stream.sent_ns is not None:
+            self.attempt.sent(stream.sent_ns)
+            # The transcript says when the bytes left, not when we decided to send them.
+            self.attempt.transcript[line].offset_ns = stream.sent_ns - self.attempt.t0
 
     def _account(self, data: bytes) -> bytes:
+        stream = self.stream
+        if stream is not None and data:
+            self.attempt.arrived(stream.arrived_ns, stream.arrived_by_kernel, stream.exchange_ns())
         self.attempt.bytes_read += len(data)
         if data and self.redact_received:
             self.attempt.note("<", f"({len(data)} bytes, shown redacted below)")
         elif data:
             self.attempt.note("<", hexdump(data) if self.binary else printable(data))
+            if stream is not None and stream.arrived_ns is not None:
+                # When the bytes arrived, not when we got round to reading them.
+                self.attempt.transcript[-1].offset_ns = stream.arrived_ns - self.attempt.t0
         if self.attempt.bytes_read > MAX_TOTAL_BYTES:
             raise ProbeFailure(
                 Reason.PROTOCOL_ERROR,
@@ -233,6 +302,8 @@ class Conn:
             data = await self.reader.read(max_bytes)
         except (ConnectionResetError, BrokenPipeError) as exc:
             raise ProbeFailure(Reason.TCP_RESET, f"connection reset by the server: {exc}") from None
+        except ssl.SSLError as exc:
+            raise ProbeFailure(Reason.PROTOCOL_ERROR, f"TLS error from the server: {exc}") from None
         if not data:
             self.attempt.note("*", "connection closed by the server")
             raise ProbeFailure(
@@ -255,6 +326,8 @@ class Conn:
             ) from None
         except (ConnectionResetError, BrokenPipeError) as exc:
             raise ProbeFailure(Reason.TCP_RESET, f"connection reset by the server: {exc}") from None
+        except ssl.SSLError as exc:
+            raise ProbeFailure(Reason.PROTOCOL_ERROR, f"TLS error from the server: {exc}") from None
         return self._account(data)
 
     async def close(self) -> None:

@@ -195,20 +195,24 @@ class NetworkContext(_message.Message):
     def __init__(self, path: _Optional[str] = ..., interface: _Optional[str] = ..., network_type: _Optional[str] = ..., ssid: _Optional[str] = ..., signal_dbm: _Optional[float] = ..., source_address: _Optional[str] = ..., carrier: _Optional[str] = ..., asn: _Optional[int] = ...) -> None: ...
 
 class Phase(_message.Message):
-    __slots__ = ("name", "ok", "start_offset_ns", "duration_ns", "skipped", "message")
+    __slots__ = ("name", "ok", "start_offset_ns", "duration_ns", "skipped", "message", "clock", "server_duration_ns")
     NAME_FIELD_NUMBER: _ClassVar[int]
     OK_FIELD_NUMBER: _ClassVar[int]
     START_OFFSET_NS_FIELD_NUMBER: _ClassVar[int]
     DURATION_NS_FIELD_NUMBER: _ClassVar[int]
     SKIPPED_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_FIELD_NUMBER: _ClassVar[int]
+    SERVER_DURATION_NS_FIELD_NUMBER: _ClassVar[int]
     name: str
     ok: bool
     start_offset_ns: int
     duration_ns: int
     skipped: bool
     message: str
-    def __init__(self, name: _Optional[str] = ..., ok: _Optional[bool] = ..., start_offset_ns: _Optional[int] = ..., duration_ns: _Optional[int] = ..., skipped: _Optional[bool] = ..., message: _Optional[str] = ...) -> None: ...
+    clock: str
+    server_duration_ns: int
+    def __init__(self, name: _Optional[str] = ..., ok: _Optional[bool] = ..., start_offset_ns: _Optional[int] = ..., duration_ns: _Optional[int] = ..., skipped: _Optional[bool] = ..., message: _Optional[str] = ..., clock: _Optional[str] = ..., server_duration_ns: _Optional[int] = ...) -> None: ...
 
 class TLSInfo(_message.Message):
     __slots__ = ("version", "cipher", "alpn", "verified", "verify_error", "subject", "issuer", "sans", "not_after_unix", "days_left")

@@ -206,10 +206,16 @@ class TraceExporter(Collector):
             if phase.skipped:
                 continue
             phase_start = start + phase.start_offset_ns
+            phase_attributes: dict[str, str | float] = {"loginprobe.phase": phase.name}
+            if phase.clock:
+                phase_attributes["loginprobe.phase.clock"] = phase.clock
+            if phase.server_duration_ns:
+                phase_attributes["loginprobe.phase.server_duration_seconds"] = (
+                    phase.server_duration_ns / 1e9)
             out.append(ReadableSpan(
                 name=phase.name,
                 context=SpanContext(trace_id, _span_id(), is_remote=False, trace_flags=_SAMPLED),
-                parent=root, resource=resource, attributes={"loginprobe.phase": phase.name},
+                parent=root, resource=resource, attributes=phase_attributes,
                 kind=SpanKind.INTERNAL, instrumentation_scope=_SCOPE,
                 status=Status(StatusCode.UNSET) if phase.ok else Status(
                     StatusCode.ERROR, phase.message or msg.reason),

@@ -82,7 +82,7 @@ class _Series:
     its own counters and the histograms it shares with the other agents of its labels."""
 
     __slots__ = ("attempts", "cert_key", "dropped", "duration", "exemplars", "key", "phases",
-                 "seen", "success", "text", "where")
+                 "seen", "servers", "success", "text", "where")
 
     def __init__(self, key: tuple[str, ...], where: tuple[str, ...], duration: _Histogram,
                  dropped: tuple[str, ...]) -> None:
@@ -94,6 +94,7 @@ class _Series:
         self.success = 0
         self.duration = duration
         self.phases: dict[str, _Histogram] = {}
+        self.servers: dict[str, _Histogram] = {}  # per phase: the server's answer time
         self.dropped = dropped  # labels the guard replaced, counted per result
         self.seen = 0.0
         self.text = ""  # the key as exposition labels
@@ -124,6 +125,7 @@ class ResultMetrics:
         self._series: dict[tuple[str, ...], _Series] = {}
         self._durations: dict[tuple[str, ...], _Histogram] = {}
         self._phases: dict[tuple[str, ...], _Histogram] = {}
+        self._servers: dict[tuple[str, ...], _Histogram] = {}
         self._not_after: dict[tuple[str, str, str], int] = {}
         self._values: dict[str, set[str]] = {name: set() for name in _GUARDED}
         self.dropped: dict[str, int] = {}
@@ -170,6 +172,13 @@ class ResultMetrics:
                             h = s.phases[phase.name] = self._phases.setdefault(
                                 (*s.where, phase.name), _Histogram())
                         h.observe(phase.duration_ns, trace_id)
+                        server_ns = phase.server_duration_ns
+                        if server_ns:
+                            h = s.servers.get(phase.name)
+                            if h is None:
+                                h = s.servers[phase.name] = self._servers.setdefault(
+                                    (*s.where, phase.name), _Histogram())
+                            h.observe(server_ns, trace_id)
                 s.duration.observe(msg.duration_ns, trace_id)
                 not_after = msg.tls.not_after_unix
                 if not_after:
@@ -214,8 +223,9 @@ class ResultMetrics:
         for k in stale:
             del self._series[k]
         # Histograms and certificate dates go with the last series that fed them.
-        live = {id(h) for s in self._series.values() for h in (s.duration, *s.phases.values())}
-        for table in (self._durations, self._phases):
+        live = {id(h) for s in self._series.values()
+                for h in (s.duration, *s.phases.values(), *s.servers.values())}
+        for table in (self._durations, self._phases, self._servers):
             for k in [k for k, h in table.items() if id(h) not in live]:
                 del table[k]
         certs = {s.cert_key for s in self._series.values()}
@@ -238,6 +248,7 @@ class ResultMetrics:
             self._prune()
             series = list(self._series.values())
             phases = list(self._phases.items())
+            servers = list(self._servers.items())
             durations = list(self._durations.items())
             not_after = list(self._not_after.items())
             dropped = list(self.dropped.items())
@@ -263,7 +274,11 @@ class ResultMetrics:
                 ("loginprobe_phase_duration_seconds", "Duration of each phase of an attempt.",
                  phases, _WHERE_PHASE),
                 ("loginprobe_duration_seconds", "Duration of a whole attempt.", durations,
-                 _WHERE)):
+                 _WHERE),
+                ("loginprobe_phase_server_duration_seconds",
+                 "The server's answer time within a phase (tls, login): our last request byte "
+                 "out to its answer in, summed over the phase's exchanges (beyond the "
+                 "contract).", servers, _WHERE_PHASE)):
             head(name, "histogram", text)
             for key, h in table:
                 _histogram(w, name, _format(names, key), h, openmetrics)

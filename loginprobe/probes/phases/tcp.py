@@ -12,6 +12,7 @@ from functools import lru_cache
 
 from loginprobe.contract import Reason
 from loginprobe.probes.attempt import Attempt, Conn, ProbeFailure
+from loginprobe.probes.stream import Stream
 
 _UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL, errno.ENETDOWN}
 _TCPI_RTT = struct.Struct("=I")
@@ -103,6 +104,7 @@ async def connect(attempt: Attempt, address: str, port: int) -> Conn:
 
 
 async def stream(attempt: Attempt, sock: socket.socket) -> Conn:
-    """A stream on a connected socket, for the protocol to talk over."""
-    reader, writer = await asyncio.open_connection(sock=sock, limit=2**16)
-    return Conn(attempt, reader, writer)
+    """A stream on a connected socket, for the protocol to talk over, its bytes stamped as
+    they leave and arrive (probes/stream.py)."""
+    wire = Stream(sock, attempt.clock, limit=2**16)
+    return Conn(attempt, wire.reader, wire.writer, wire)

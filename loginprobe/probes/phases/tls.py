@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio.sslproto
 import ipaddress
 import ssl
 from datetime import UTC, datetime
@@ -14,13 +13,6 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 from loginprobe.contract import Reason
 from loginprobe.probes.attempt import Attempt, Conn, ProbeFailure
 from loginprobe.result import TLSInfo
-
-_TLS_READ_BUFFER = 2 * (16 * 1024 + 256)
-# CPython's asyncio TLS transport allocates and zero-fills a 256 KiB read buffer for every
-# connection; a login's records are a few KiB. With 1,000 attempts in flight that buffer was
-# most of the process's memory (351 MiB against 78 MiB). Two full TLS records still fit.
-if getattr(asyncio.sslproto.SSLProtocol, "max_size", 0) > _TLS_READ_BUFFER:
-    asyncio.sslproto.SSLProtocol.max_size = _TLS_READ_BUFFER
 
 _ISO = "%Y-%m-%dT%H:%M:%SZ"
 _DER = 2  # _ssl.ENCODING_DER, for the 3.11/3.12 Certificate objects of the chain
@@ -190,9 +182,12 @@ async def handshake(
     part of it); this records what the handshake learned or raises why it failed."""
     opts = attempt.options
     ctx = client_context(opts.ca_file, opts.insecure, alpn)
+    stream = conn.stream
+    if stream is None:
+        raise TypeError("a TLS handshake needs a connection from tcp.stream()")
     attempt.note("*", f"TLS handshake, SNI {server_name}")
     try:
-        await conn.writer.start_tls(ctx, server_hostname=server_name)
+        shake = await stream.start_tls(ctx, server_name)
     except (ssl.SSLError, ConnectionResetError, BrokenPipeError) as exc:
         reason, message = classify(exc)
         attempt.note("*", message)
@@ -203,8 +198,13 @@ async def handshake(
             Reason.TLS_HANDSHAKE_FAILED,
             "the server closed the connection during the TLS handshake",
         ) from None
-    ssl_object = conn.writer.get_extra_info("ssl_object")
-    assert isinstance(ssl_object, ssl.SSLObject)
+    # The phase's boundaries are the handshake's flights: ClientHello out, the client's
+    # Finished out (TLS 1.3) or the server's Finished in (TLS 1.2).
+    attempt.sent(shake.first_sent_ns)
+    attempt.sent(shake.last_sent_ns)
+    attempt.arrived(shake.last_arrived_ns, shake.by_kernel, shake.server_ns)
+    ssl_object = stream.ssl_object
+    assert ssl_object is not None
     verify_error = None
     if opts.insecure:
         chain = _chain(ssl_object)
