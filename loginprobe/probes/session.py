@@ -36,13 +36,24 @@ class SessionOptions:
 
 
 class Drop(Exception):
-    """The session ended: one reason, and when the evidence arrived (monotonic seconds)."""
+    """The session ended: one reason, when the evidence arrived (monotonic seconds), and
+    what the session was doing: idle, or keepalive (waiting for an answer)."""
 
-    def __init__(self, reason: Reason, message: str, at: float) -> None:
+    def __init__(self, reason: Reason, message: str, at: float, phase: str = "idle") -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
         self.at = at
+        self.phase = phase
+
+
+class LoginEvent(dict[str, Any]):
+    """A login or reconnect event (JSON-ready like any event), with its Result kept beside
+    it for whoever sends it on (the agent)."""
+
+    def __init__(self, data: dict[str, Any], result: Result) -> None:
+        super().__init__(data)
+        self.result = result
 
 
 class Keeper(Protocol):
@@ -210,15 +221,23 @@ async def _hold(keeper: Keeper, opts: SessionOptions, emit: Callable[[Event], No
             raise Drop(
                 Reason.KEEPALIVE_TIMEOUT,
                 f"no answer to a keepalive within {opts.keepalive_timeout:g}s",
-                time.monotonic(),
+                time.monotonic(), "keepalive",
             ) from None
+        except Drop as drop:
+            drop.phase = "keepalive"
+            raise
         rtt = time.monotonic() - sent
         summary.rtts.append(rtt)
         emit({"event": "keepalive", "at": _now(), "rtt_seconds": round(rtt, 6)})
 
 
-def _login_event(kind: str, result: Result) -> Event:
-    return {"event": kind, "at": _now(), **result.to_dict()}
+def _login_event(kind: str, result: Result) -> LoginEvent:
+    return LoginEvent({"event": kind, "at": _now(), **result.to_dict()}, result)
+
+
+def wall(monotonic: float) -> datetime:
+    """A monotonic instant of this process as wall-clock time."""
+    return datetime.fromtimestamp(time.time() - (time.monotonic() - monotonic), UTC)
 
 
 async def hold_session(
@@ -267,10 +286,12 @@ async def _run(
                     summary.drops += 1
                     summary.up_seconds += drop.at - up_since
                     await keeper_close_quietly(keeper)
+                    # Stamped when the evidence arrived, not when the drop was noticed.
+                    at = wall(drop.at).isoformat(timespec="milliseconds").replace("+00:00", "Z")
                     emit({
-                        "event": "drop", "at": _now(), "reason": drop.reason.value,
+                        "event": "drop", "at": at, "reason": drop.reason.value,
                         "step": drop.reason.step.value, "message": drop.message,
-                        "hint": drop.reason.hint,
+                        "hint": drop.reason.hint, "phase": drop.phase,
                         "session_seconds": round(drop.at - up_since, 3),
                     })
                     held = await _reconnect(target, options, backoff, emit, sleep, drop.at)

@@ -457,9 +457,12 @@ class Session:
                 Reason.PROTOCOL_ERROR,
                 f"the server offered no resource binding (features: {_feature_names(features)})",
             )
+        # A held session gets a resource of its own, as each device of an SDK does: two
+        # held at once (one per network path) would otherwise replace each other (conflict).
+        resource = f"{RESOURCE}-{secrets.token_hex(4)}" if self.attempt.keep else RESOURCE
         await self.conn.send(
             f"<iq type='set' id='bind1'><bind xmlns='{NS_BIND}'>"
-            f"<resource>{escape(RESOURCE)}</resource></bind></iq>".encode()
+            f"<resource>{escape(resource)}</resource></bind></iq>".encode()
         )
         while True:
             # Servers may push other stanzas first; the answer is the iq with our id.

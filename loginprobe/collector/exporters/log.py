@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from loginprobe.codec import ResultView
+from loginprobe.codec import ResultView, is_attempt
 from loginprobe.collector.ingest import Accepted, FleetState
 
 
@@ -46,6 +46,8 @@ class EventLog:
         failing = self._failing
         lines: list[dict[str, Any]] = []
         for msg in batch.results:
+            if not is_attempt(msg):
+                continue
             if msg.success:
                 if failing:  # nothing to recover while nothing fails
                     key = (agent, msg.labels.get("path", ""), msg.check)

@@ -25,7 +25,7 @@ from opentelemetry.trace.status import Status, StatusCode
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from loginprobe.codec import ResultView
+from loginprobe.codec import ResultView, is_attempt
 from loginprobe.collector.ingest import Accepted, FleetState
 from loginprobe.target import TargetError, parse_target
 
@@ -90,6 +90,8 @@ class TraceExporter(Collector):
         self._tokens = min(rate, self._tokens + (now - self._refilled) * rate)
         self._refilled = now
         for msg in batch.results:
+            if not is_attempt(msg):
+                continue
             ok = msg.success
             if ok:
                 if int.from_bytes(msg.trace_id[8:16]) >= bound:

@@ -22,6 +22,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import ThreadingWSGIServer, choose_encoder
 from prometheus_client.registry import Collector
 
+from loginprobe.codec import NOT_ATTEMPTS
 from loginprobe.collector.ingest import Accepted, FleetState
 from loginprobe.contract import NETWORK_TYPES, PHASES
 
@@ -142,6 +143,8 @@ class ResultMetrics:
                 self._cache[agent] = {}
             cache = self._cache[agent]
             for msg in batch.results:  # protobufs as they came: no decoding on this path
+                if msg.session.kind in NOT_ATTEMPTS:  # a held session's (SessionMetrics)
+                    continue
                 labels = msg.labels
                 # The protocol follows from the URL; map lookups cost ~0.3 µs each in upb,
                 # so a result without labels of its own skips them.
