@@ -65,7 +65,7 @@ def _password(servers: Servers, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize("protocol,server,reason", [
-    ("mqtt", "mosquitto", "session_closed"), ("xmpp", "prosody", "server_unavailable")])
+    ("mqtt", "mosquitto", "session_closed"), ("xmpp", "prosody", "session_closed")])
 async def test_held_per_path_drop_and_reconnect_become_reports(
     servers: Servers, protocol: str, server: str, reason: str
 ) -> None:

@@ -134,6 +134,8 @@ class HeldSession:
                 info.delay_ns = round(event["delay_seconds"] * 1e9)
                 if "downtime_seconds" in event:
                     info.downtime_ns = round(event["downtime_seconds"] * 1e9)
+                info.resumed = event.get("resumed", False)
+                info.resume_ns = round(event.get("resume_seconds", 0.0) * 1e9)
         elif kind == "drop":
             reason = Reason(event["reason"])
             result = self._bare(False, reason, event["message"], _parse(event["at"]), 0)

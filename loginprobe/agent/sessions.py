@@ -46,7 +46,8 @@ def describe(event: Event) -> str:
                 f"reconnect attempt {event['attempts']} after {event['delay_seconds']}s: {head}"
             )
             if "downtime_seconds" in event:
-                head += f", logged in again {event['downtime_seconds']}s after the drop"
+                how = "resumed" if event.get("resumed") else "logged in again"
+                head += f", {how} {event['downtime_seconds']}s after the drop"
         return f"{at} {head} ({event['duration_seconds'] * 1000:.0f} ms: {event['message']})"
     if kind == "keepalive":
         return f"{at} keepalive round trip {event['rtt_seconds'] * 1000:.1f} ms"

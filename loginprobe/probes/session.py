@@ -4,6 +4,7 @@ reconnect with backoff the way an IM SDK does, reporting each step as an event."
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from loginprobe.target import Target
 
 Event = dict[str, Any]
 NS_PING = "urn:xmpp:ping"
+NS_SM = "urn:xmpp:sm:3"
 
 
 class Delays(Protocol):
@@ -63,6 +65,8 @@ class Keeper(Protocol):
     async def ping(self) -> None: ...
     async def idle(self, seconds: float) -> None: ...
     async def close(self) -> None: ...
+    async def abort(self) -> None: ...
+    def resume_token(self) -> tuple[str, int] | None: ...
 
 
 def _closed(conn: Conn, failure: ProbeFailure) -> Reason:
@@ -83,14 +87,22 @@ class XmppKeeper:
         self._n = 0
 
     async def _read(self) -> Any:
-        try:
-            stanza = await self.session.stream.next()
-        except ProbeFailure as failure:
-            raise Drop(_closed(self.conn, failure), failure.message, time.monotonic()) from None
-        # The size limit is per exchange, not per session. Not 0: to the stream reader, no
-        # byte read yet means the port never spoke XMPP.
-        self.conn.attempt.bytes_read = 1
-        return stanza
+        while True:
+            try:
+                stanza = await self.session.stream.next()
+            except ProbeFailure as failure:
+                raise Drop(_closed(self.conn, failure), failure.message,
+                           time.monotonic()) from None
+            # The size limit is per exchange, not per session. Not 0: to the stream reader,
+            # no byte read yet means the port never spoke XMPP.
+            self.conn.attempt.bytes_read = 1
+            if stanza.ns == NS_SM:
+                if stanza.name == "r":  # XEP-0198: say how many stanzas we have handled
+                    await _send(self.conn, f"<a xmlns='{NS_SM}' h='{self.session.sm_handled}'/>")
+                continue
+            if stanza.name in ("iq", "message", "presence"):
+                self.session.sm_handled += 1
+            return stanza
 
     async def ping(self) -> None:
         self._n += 1
@@ -112,6 +124,16 @@ class XmppKeeper:
     async def close(self) -> None:
         await self.session.close()
         await self.conn.close()
+
+    async def abort(self) -> None:
+        """After a drop: the connection goes without a closing </stream:stream>, which
+        would end a resumable session on the server for good."""
+        await self.conn.close()
+
+    def resume_token(self) -> tuple[str, int] | None:
+        """What a reconnect resumes this session by (XEP-0198), if the server allows it."""
+        s = self.session
+        return (s.sm_id, s.sm_handled) if s.sm_id else None
 
 
 class MqttKeeper:
@@ -161,6 +183,12 @@ class MqttKeeper:
     async def close(self) -> None:
         await _send(self.conn, b"\xe0\x00", "DISCONNECT")
         await self.conn.close()
+
+    async def abort(self) -> None:
+        await self.conn.close()
+
+    def resume_token(self) -> tuple[str, int] | None:
+        return None
 
 
 async def _send(conn: Conn, data: str | bytes, shown: str | None = None) -> None:
@@ -285,7 +313,7 @@ async def _run(
                 except Drop as drop:
                     summary.drops += 1
                     summary.up_seconds += drop.at - up_since
-                    await keeper_close_quietly(keeper)
+                    await keeper_close_quietly(keeper, abort=True)
                     # Stamped when the evidence arrived, not when the drop was noticed.
                     at = wall(drop.at).isoformat(timespec="milliseconds").replace("+00:00", "Z")
                     emit({
@@ -294,6 +322,7 @@ async def _run(
                         "hint": drop.reason.hint, "phase": drop.phase,
                         "session_seconds": round(drop.at - up_since, 3),
                     })
+                    options = dataclasses.replace(options, resume=keeper.resume_token())
                     held = await _reconnect(target, options, backoff, emit, sleep, drop.at)
                 except BaseException:
                     summary.up_seconds += time.monotonic() - up_since
@@ -303,10 +332,10 @@ async def _run(
         pass
 
 
-async def keeper_close_quietly(keeper: Keeper) -> None:
+async def keeper_close_quietly(keeper: Keeper, abort: bool = False) -> None:
     try:
         async with asyncio.timeout(1.0):
-            await keeper.close()
+            await (keeper.abort() if abort else keeper.close())
     except (ProbeFailure, Drop, TimeoutError, OSError):
         pass
 
@@ -331,6 +360,12 @@ async def _reconnect(
         if held is not None:
             backoff.reset()
             event["downtime_seconds"] = round(time.monotonic() - dropped_at, 3)
+            # XEP-0198: whether the session was resumed rather than logged in anew, and
+            # what the resume exchange took when it was tried.
+            event["resumed"] = bool(getattr(held, "resumed", False))
+            resume_ns = getattr(held, "resume_ns", None)
+            if resume_ns is not None:
+                event["resume_seconds"] = round(resume_ns / 1e9, 6)
             emit(event)
             return held
         emit(event)
