@@ -434,6 +434,9 @@ RECONNECT_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.
                      600.0)
 _RECONNECT_NS = tuple(round(b * 1e9) for b in RECONNECT_BUCKETS)
 _SESSION = ("check", "protocol", "target", "agent", "region", "carrier", "network_type")
+# Drop counters made at 0 when a session logs in (with its histograms): a counter born at 1
+# loses its first drop to rate() and increase(). The reasons a held session usually ends with.
+SEEDED_DROP_REASONS = ("keepalive_timeout", "tcp_reset", "session_closed", "server_unavailable")
 
 
 class _Plain:
@@ -482,6 +485,16 @@ class SessionMetrics(Collector):
                 self._seen[key] = now
                 if kind in ("login", "reconnect"):
                     self._up[key] = int(msg.success)
+                    if msg.success:
+                        # Series from 0 at the login: a series born with its first
+                        # observations in it loses them to rate() and increase().
+                        drops = self._drops.setdefault(key, {})
+                        for reason in SEEDED_DROP_REASONS:
+                            drops.setdefault(reason, 0)
+                        if where not in self._rtt:
+                            self._rtt[where] = _Plain(_BOUNDS_NS)
+                        if where not in self._reconnect:
+                            self._reconnect[where] = _Plain(_RECONNECT_NS)
                     if kind == "reconnect" and msg.success and event.downtime_ns:
                         h = self._reconnect.get(where)
                         if h is None:
