@@ -148,3 +148,21 @@ def test_config_refuses_a_session_check_that_cannot_run(
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert problem in str(err.value) and "agent.yaml:" in str(err.value)
+
+
+def test_an_assigned_session_check_reaches_the_agent_as_one() -> None:
+    """The collector's mode and keepalive travel in the Check message (additive fields),
+    and the agent refuses an assigned session check it cannot hold, saying why."""
+    from loginprobe.collector.config import Check as AssignedCheck
+    from loginprobe.collector.server import check_to_wire
+
+    wire = check_to_wire(AssignedCheck(name="held", url="mqtts://probe@broker.example.com",
+                                       mode="session", keepalive=45.0))
+    assert (wire.mode, wire.keepalive.ToNanoseconds()) == ("session", 45 * 10**9)
+    spec = CheckSpec.build(wire.name, wire.url, 60.0, None, mode=wire.mode,
+                           keepalive=wire.keepalive.ToNanoseconds() / 1e9)
+    assert (spec.mode, spec.keepalive) == ("session", 45.0)
+    plain = check_to_wire(AssignedCheck(name="login", url="mqtts://probe@broker.example.com"))
+    assert CheckSpec.build(plain.name, plain.url, 60.0, None, mode=plain.mode).mode == "login"
+    with pytest.raises(ValueError, match="XMPP and MQTT"):
+        CheckSpec.build("web", "https://probe@example.com/", 60.0, None, mode="session")
