@@ -127,6 +127,12 @@ async def test_held_session_through_a_real_collector(
         assert dropped[0]["phase"] in ("idle", "keepalive") and dropped[0]["hint"]
         assert len(recovered) == 1 and recovered[0]["dropped_reason"] == reason
         assert recovered[0]["downtime_seconds"] >= downtime - 0.3
+        # prosody offers stream management: the reconnect tried to resume (its restart had
+        # ended the session, so it could not) and says so; MQTT has nothing to resume.
+        assert recovered[0]["resumed"] is False
+        logged = [line["session"] for line in collector.results()
+                  if line["session"]["kind"] == "reconnect" and line["result"]["success"]]
+        assert (logged[-1]["resume_ns"] > 0) == (protocol == "xmpp"), logged
         assert servers.password not in events.read_text()
 
         named = {s.name: s for _, s in spans.spans()}
