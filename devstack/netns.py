@@ -209,6 +209,32 @@ class TwoLinks:
             else:
                 run("nft", "-f", "-", stdin=script)
 
+    def lossy(self, link: Link, loss_percent: int) -> str:
+        """Lose loss_percent of the packets arriving at either end of link, nothing else:
+        with tc netem where the kernel has it, else (this machine's kernel has no netem)
+        with the nftables random drop degrade() uses. Returns which was used."""
+        try:
+            for device, inside in ((link.ifname, False), (link.peer, True)):
+                argv = ("tc", "qdisc", "add", "dev", device, "root", "netem", "loss",
+                        f"{loss_percent}%")
+                self.inside(*argv) if inside else run(*argv)
+            return "netem"
+        except NetnsError:
+            self.mend(link)
+        for device, where in ((link.peer, "inside"), (link.ifname, "here")):
+            script = (
+                f"add table inet {self._table}\n"
+                f"add chain inet {self._table} input"
+                " { type filter hook input priority -10; policy accept; }\n"
+                f'add rule inet {self._table} input iifname "{device}"'
+                f" numgen random mod 100 < {loss_percent} drop\n"
+            )
+            if where == "inside":
+                self.inside("nft", "-f", "-", stdin=script)
+            else:
+                run("nft", "-f", "-", stdin=script)
+        return "nftables"
+
     def mend(self, link: Link) -> None:
         """The link clean again: no qdisc of ours, no drops."""
         with contextlib.suppress(NetnsError):

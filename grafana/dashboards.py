@@ -2,7 +2,7 @@
 
 Run `python grafana/dashboards.py` after a change and commit the JSON with it;
 tests/test_dashboards.py fails when the JSON and this file disagree. The dashboards use only
-the metrics of CONTRACT.md section 4 (from the collector) and, on the fleet dashboard, the
+the metrics of CONTRACT.md sections 4 and 6 (from the collector) and, on the fleet dashboard, the
 agent's own /metrics (agent/health.py), whose series carry the scrape's `instance` label.
 """
 
@@ -318,6 +318,7 @@ def overview() -> Json:
             rename={"Value #A": "attempts", "Value #B": "success rate", "Value #C": "p95"},
             links={"check": check_link},
             description="Click a check to open it in detail."),
+        *session_panels(36),
     ]
     return dashboard("loginprobe-overview", "loginprobe / Overview",
                      "Login success, attempts, failures and latency by check, region, carrier "
@@ -543,6 +544,59 @@ def fleet() -> Json:
     return dashboard(FLEET_UID, "loginprobe / Agent fleet",
                      "Agents: connected, lagging, results received, duplicates, rejects and "
                      "spool drops.", variables, panels)
+
+
+# --- held sessions (CONTRACT.md section 6), a panel group of the overview -----------------
+
+SESSION_UP = "loginprobe_session_up"
+SESSION_DROPS = "loginprobe_session_drops_total"
+RECONNECT_BUCKET = "loginprobe_session_reconnect_duration_seconds_bucket"
+KEEPALIVE_BUCKET = "loginprobe_keepalive_rtt_seconds_bucket"
+SESSION_DROP_RATE_PANEL = 31  # the SessionDropRateRegression alert links here
+
+
+def drops_per_session_hour(sel: str, window: str, by: str) -> str:
+    """Drops per hour / sessions up on average: drops per session-hour, as the
+    SessionDropRateRegression rule and `loginprobe compare` count them."""
+    return (f"sum by ({by}) (rate({SESSION_DROPS}{{{sel}}}[{window}])) * 3600"
+            f" / sum by ({by}) (avg_over_time({SESSION_UP}{{{sel}}}[{window}]))")
+
+
+def session_panels(y: int) -> list[Json]:
+    sel = PATH_SEL
+    path = "check, region, carrier, network_type"
+    legend = "{{check}} {{region}}/{{carrier}}/{{network_type}}"
+    return [
+        row(30, "Held sessions (checks with mode: session)", y),
+        timeseries(SESSION_DROP_RATE_PANEL, "Drops per session-hour by check and path",
+                   grid(0, y + 1, 12, 8),
+                   [target(drops_per_session_hour(sel, "$__rate_interval", path), legend)],
+                   "short", minimum=0,
+                   description="How often a held session drops, per hour it was logged in "
+                               "(loginprobe_session_drops_total / loginprobe_session_up)."),
+        timeseries(32, "Session drops by reason", grid(12, y + 1, 12, 8),
+                   [target(f"sum by (reason) (increase({SESSION_DROPS}{{{sel}}}"
+                           f"[$__rate_interval]))", "{{reason}}")],
+                   "short", stack=True, bars=True,
+                   description="keepalive_timeout: the network; tcp_reset: a middlebox; "
+                               "session_closed, server_unavailable: the server."),
+        timeseries(33, "Reconnect time (drop to logged in again)", grid(0, y + 9, 12, 8), [
+            target(quantile(0.5, RECONNECT_BUCKET, sel, "$__rate_interval", "network_type"),
+                   "{{network_type}} p50", "A"),
+            target(quantile(0.95, RECONNECT_BUCKET, sel, "$__rate_interval", "network_type"),
+                   "{{network_type}} p95", "B"),
+        ], "s", description="loginprobe_session_reconnect_duration_seconds: the server's "
+                            "downtime plus the backoff, per network type."),
+        timeseries(34, "Keepalive round trip p95 by network type", grid(12, y + 9, 12, 8),
+                   [target(quantile(0.95, KEEPALIVE_BUCKET, sel, "$__rate_interval",
+                                    "network_type"), "{{network_type}}")], "s",
+                   description="loginprobe_keepalive_rtt_seconds: XEP-0199 ping or MQTT "
+                               "PINGREQ, answered."),
+        state_timeline(35, "Held sessions per agent", grid(0, y + 17, 24, 8),
+                       f"max by (agent, check) ({SESSION_UP}{{{sel}}})", "{{agent}} {{check}}",
+                       description="loginprobe_session_up: 1 logged in, 0 dropped and not "
+                                   "back yet."),
+    ]
 
 
 DASHBOARDS = {

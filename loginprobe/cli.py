@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -145,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     session.add_argument(
         "--keepalive", metavar="SECONDS", default="30", help="keepalive interval (default 30)"
     )
+    session.add_argument(
+        "--no-resume", action="store_true",
+        help="XMPP: do not use stream management (XEP-0198) to resume after a drop",
+    )
     for name, job in (
         ("agent", "run the agent: schedule checks, stream results to the collector"),
         ("collector", "run the collector: receive results over gRPC, export metrics and traces"),
@@ -197,6 +202,8 @@ def run_session_command(args: argparse.Namespace) -> int:
         )
     if target.protocol not in ("xmpp", "mqtt", "xmpp+ws", "mqtt+ws"):
         raise UsageError(f"{args.url}: sessions are held for XMPP and MQTT logins only")
+    if args.no_resume:
+        options = dataclasses.replace(options, stream_management=False)
     return run_session(target, options, hold, keepalive, as_json=args.json)
 
 

@@ -14,6 +14,26 @@ from loginprobe.wire import collector_pb2 as pb
 
 
 @dataclass
+class SessionInfo:
+    """What makes a Report an event of a held session (wire: SessionEvent)."""
+
+    kind: str  # login, keepalive, drop, reconnect
+    segment: int = 1
+    session_ns: int = 0
+    phase: str = ""
+    attempts: int = 0
+    delay_ns: int = 0
+    downtime_ns: int = 0
+    keepalive_rtt_ns: list[int] = field(default_factory=list)
+    resumed: bool = False
+    resume_ns: int = 0
+
+
+# Session events that are not login attempts: the attempt metrics, traces and pages skip them.
+NOT_ATTEMPTS = frozenset({"keepalive", "drop"})
+
+
+@dataclass
 class Report:
     """A Result as the collector sees it: who measured it, for which check, in which order."""
 
@@ -24,6 +44,7 @@ class Report:
     clock_offset_ns: int = 0
     labels: dict[str, str] = field(default_factory=dict)
     agent: str = ""  # filled in by the collector from the credential, never by the agent
+    session: SessionInfo | None = None  # set for the events of a held session
 
 
 class PhaseView(Protocol):
@@ -54,6 +75,31 @@ class TLSView(Protocol):
     def cipher(self) -> str: ...
     @property
     def not_after_unix(self) -> int: ...
+
+
+class SessionView(Protocol):
+    """A received session event read in place (an absent one reads as empty)."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def segment(self) -> int: ...
+    @property
+    def session_ns(self) -> int: ...
+    @property
+    def phase(self) -> str: ...
+    @property
+    def attempts(self) -> int: ...
+    @property
+    def delay_ns(self) -> int: ...
+    @property
+    def downtime_ns(self) -> int: ...
+    @property
+    def keepalive_rtt_ns(self) -> Sequence[int]: ...
+    @property
+    def resumed(self) -> bool: ...
+    @property
+    def resume_ns(self) -> int: ...
 
 
 class ResultView(Protocol):
@@ -95,6 +141,14 @@ class ResultView(Protocol):
     def tls(self) -> TLSView: ...
     @property
     def clock_offset_ns(self) -> int: ...
+    @property
+    def session(self) -> SessionView: ...
+
+
+def is_attempt(view: ResultView) -> bool:
+    """Whether a received message is a login attempt: every result, and the login and
+    reconnect events of a held session (not its keepalives and drops)."""
+    return view.session.kind not in NOT_ATTEMPTS
 
 
 def view_bytes(view: ResultView) -> bytes:
@@ -167,6 +221,15 @@ def to_wire(report: Report) -> pb.ProbeResult:
                 resolver=d.resolver,
             )
         )
+    if report.session is not None:
+        e = report.session
+        msg.session.CopyFrom(
+            pb.SessionEvent(
+                kind=e.kind, segment=e.segment, session_ns=e.session_ns, phase=e.phase,
+                attempts=e.attempts, delay_ns=e.delay_ns, downtime_ns=e.downtime_ns,
+                keepalive_rtt_ns=e.keepalive_rtt_ns, resumed=e.resumed, resume_ns=e.resume_ns,
+            )
+        )
     if r.network:
         n = r.network
         msg.network.CopyFrom(
@@ -188,6 +251,7 @@ _REASONS = {str(r): r for r in Reason}
 # Every valid (reason, step, success); step may be left empty. One set lookup is the
 # cheapest check upb allows, and ingest makes it for every result.
 _VALID = {(str(r), s, r is Reason.OK) for r in Reason for s in (str(r.step), "")}
+_SESSION_KINDS = frozenset({"", "login", "keepalive", "drop", "reconnect"})
 # The range of datetime: a certificate date outside it cannot become a Result.
 _MIN_UNIX, _MAX_UNIX = -62135596800, 253402300799
 
@@ -207,6 +271,8 @@ def check_wire(msg: pb.ProbeResult) -> None:
         raise ValueError("success and reason disagree")
     if not _MIN_UNIX <= msg.tls.not_after_unix <= _MAX_UNIX:
         raise ValueError("tls.not_after_unix is out of range")
+    if msg.session.kind not in _SESSION_KINDS:
+        raise ValueError(f"unknown session event {msg.session.kind[:64]!r}")
 
 
 def from_wire(msg: pb.ProbeResult) -> Report:
@@ -279,6 +345,14 @@ def from_wire(msg: pb.ProbeResult) -> Report:
         network=network,
         findings=list(msg.findings),
     )
+    session = None
+    if msg.HasField("session"):
+        e = msg.session
+        session = SessionInfo(
+            kind=e.kind, segment=e.segment, session_ns=e.session_ns, phase=e.phase,
+            attempts=e.attempts, delay_ns=e.delay_ns, downtime_ns=e.downtime_ns,
+            keepalive_rtt_ns=list(e.keepalive_rtt_ns), resumed=e.resumed, resume_ns=e.resume_ns,
+        )
     return Report(
         result=result,
         seq=msg.seq,
@@ -286,4 +360,5 @@ def from_wire(msg: pb.ProbeResult) -> Report:
         trace_id=bytes(msg.trace_id),
         clock_offset_ns=msg.clock_offset_ns,
         labels=dict(msg.labels),
+        session=session,
     )

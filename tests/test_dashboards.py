@@ -49,8 +49,18 @@ CONTRACT: dict[str, tuple[str, ...]] = {
     "loginprobe_collector_results_received_total": ("agent",),
     "loginprobe_collector_results_duplicate_total": ("agent",),
     "loginprobe_collector_results_rejected_total": ("reason",),
+    # section 6, held sessions
+    "loginprobe_session_up": ("check", "protocol", "target", "agent", "region", "carrier",
+                              "network_type"),
+    "loginprobe_session_drops_total": ("check", "protocol", "target", "agent", "region",
+                                       "carrier", "network_type", "reason"),
+    "loginprobe_session_reconnect_duration_seconds": ("check", "protocol", "target", "region",
+                                                      "carrier", "network_type"),
+    "loginprobe_keepalive_rtt_seconds": ("check", "protocol", "target", "region", "carrier",
+                                         "network_type"),
 }
-HISTOGRAMS = ("loginprobe_phase_duration_seconds", "loginprobe_duration_seconds")
+HISTOGRAMS = ("loginprobe_phase_duration_seconds", "loginprobe_duration_seconds",
+              "loginprobe_session_reconnect_duration_seconds", "loginprobe_keepalive_rtt_seconds")
 # The agent's own /metrics (agent/health.py), scraped per agent: labels come from the
 # scrape (instance, job) and the metric itself.
 AGENT_METRICS: dict[str, tuple[str, ...]] = {
@@ -368,10 +378,36 @@ def openmetrics(end: int) -> str:
                              f"{40 if gone else 0} {t}")
                 lines.append(f"loginprobe_agent_spool_oldest_age_seconds{_labels(**scrape)} "
                              f"{600 if gone else 0} {t}")
+            lines += _held_sessions(i, t, region, carrier, net, agents)
         for reason in ("unauthenticated", "bad_result"):
             lines.append(f"loginprobe_collector_results_rejected_total{_labels(reason=reason)}"
                          f" {i // 20} {t}")
     return "\n".join(lines) + "\n# EOF\n"
+
+
+def _held_sessions(i: int, t: int, region: str, carrier: str, net: str,
+                   agents: tuple[str, ...]) -> list[str]:
+    """A held XMPP session per agent on the path: up, dropping (more often on cellular),
+    reconnecting in 2 s (9 s on cellular), keepalives answered in 30 ms (150 ms)."""
+    path = {"check": "xmpp-alice", "protocol": "xmpp", "target": "xmpp://alice@xmpp.test",
+            "region": region, "carrier": carrier, "network_type": net}
+    cell = net == "cellular"
+    lines = []
+    for agent in agents:
+        lines.append(f"loginprobe_session_up{_labels(**path, agent=agent)} 1 {t}")
+        lines.append(f"loginprobe_session_drops_total"
+                     f"{_labels(**path, agent=agent, reason='keepalive_timeout')} "
+                     f"{i // (5 if cell else 30)} {t}")
+    for name, value, n in (("loginprobe_session_reconnect_duration_seconds", 9.0 if cell else 2.0,
+                            i // (5 if cell else 30) * len(agents)),
+                           ("loginprobe_keepalive_rtt_seconds", 0.15 if cell else 0.03,
+                            2 * i * len(agents))):
+        for le in BUCKETS:
+            inside = le == "+Inf" or value <= float(le)
+            lines.append(f"{name}_bucket{_labels(**path, le=le)} {n if inside else 0} {t}")
+        lines.append(f"{name}_count{_labels(**path)} {n} {t}")
+        lines.append(f"{name}_sum{_labels(**path)} {n * value} {t}")
+    return lines
 
 
 def _which(name: str) -> str:

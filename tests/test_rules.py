@@ -33,8 +33,14 @@ CONTRACT_METRICS = frozenset({
     "loginprobe_collector_results_received_total",
     "loginprobe_collector_results_duplicate_total",
     "loginprobe_collector_results_rejected_total",
+    # section 6, held sessions
+    "loginprobe_session_up",
+    "loginprobe_session_drops_total",
+    "loginprobe_session_reconnect_duration_seconds",
+    "loginprobe_keepalive_rtt_seconds",
 })
-HISTOGRAMS = ("loginprobe_phase_duration_seconds", "loginprobe_duration_seconds")
+HISTOGRAMS = ("loginprobe_phase_duration_seconds", "loginprobe_duration_seconds",
+              "loginprobe_session_reconnect_duration_seconds", "loginprobe_keepalive_rtt_seconds")
 CONTRACT_SERIES = CONTRACT_METRICS | {
     f"{h}{suffix}" for h in HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")
 }
@@ -98,6 +104,7 @@ def test_every_alert_has_a_firing_and_a_quiet_case() -> None:
     assert alerts == {
         "LoginFailureRateHigh", "LoginSLOBurnRate", "AgentStoppedReporting",
         "TLSCertificateExpiringSoon", "PhaseLatencyRegression",
+        "SessionDropRateRegression",
     }
     assert alerts - fires == set(), "alerts never seen firing in a test"
     assert alerts - quiet == set(), "alerts never asserted quiet in a test"

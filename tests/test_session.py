@@ -29,11 +29,13 @@ def _url(servers: Servers, protocol: str) -> str:
 
 
 async def _hold(
-    servers: Servers, protocol: str, opts: SessionOptions, backoff: Backoff
+    servers: Servers, protocol: str, opts: SessionOptions, backoff: Backoff,
+    stream_management: bool = True,
 ) -> tuple[list[Event], Summary]:
     events: list[Event] = []
     summary = await hold_session(
-        parse_target(_url(servers, protocol)), options(servers), opts, backoff, events.append
+        parse_target(_url(servers, protocol)),
+        options(servers, stream_management=stream_management), opts, backoff, events.append
     )
     return events, summary
 
@@ -83,8 +85,11 @@ async def test_server_restart_drop_then_reconnect(
         restart.downtime = time.monotonic() - down  # type: ignore[attr-defined]
 
     task = asyncio.create_task(restart())
+    # Without stream management: prosody closes a resumable session on restart without a
+    # stream error (so that it can be resumed), see the resumption test below.
     events, summary = await _hold(
-        servers, protocol, SessionOptions(0.3, 2.0, hold=4.0), sdk_backoff(0.1, 2.0, 0.4)
+        servers, protocol, SessionOptions(0.3, 2.0, hold=4.0), sdk_backoff(0.1, 2.0, 0.4),
+        stream_management=False,
     )
     await task
     drops = [e for e in events if e["event"] == "drop"]
@@ -234,3 +239,50 @@ def test_session_command_text(
     out = capsys.readouterr().out
     assert " logged in (" in out and "keepalive round trip" in out
     assert "summary: 1 session(s), 0 drop(s)" in out
+
+
+async def test_xmpp_resumes_after_a_reset_and_logs_in_anew_after_a_restart(
+    servers: Servers,
+) -> None:
+    """prosody offers stream management (mod_smacks): a session lost to a reset is resumed
+    (XEP-0198), timed; one lost to a server restart cannot be and is logged in anew."""
+    events: list[Event] = []
+    dropped, back = asyncio.Event(), asyncio.Event()
+
+    def emit(event: Event) -> None:
+        events.append(event)
+        if event["event"] == "drop":
+            dropped.set()
+        if event["event"] == "reconnect" and event["success"]:
+            back.set()
+
+    async def faults_then_restart() -> None:
+        await asyncio.sleep(0.6)
+        with faults.reset_all(servers.xmpp_port):
+            async with asyncio.timeout(3):
+                await dropped.wait()
+        dropped.clear()
+        async with asyncio.timeout(3):
+            await back.wait()
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(servers.server_down, "prosody")
+        async with asyncio.timeout(3):
+            await dropped.wait()
+        servers.server_up("prosody")
+
+    task = asyncio.create_task(faults_then_restart())
+    await hold_session(
+        parse_target(_url(servers, "xmpp")), options(servers, timeout=2.0),
+        SessionOptions(0.2, 1.0, hold=6.0), sdk_backoff(0.1, 2.0, 0.3), emit)
+    await task
+    drops = [e for e in events if e["event"] == "drop"]
+    # prosody closes a resumable session on restart without a stream error, keeping its
+    # count so that a client can be told it cannot resume (mod_smacks, server-stopping).
+    assert [d["reason"] for d in drops] == ["tcp_reset", "session_closed"], [
+        (d["reason"], d["message"]) for d in drops]
+    reconnected = [e for e in events if e["event"] == "reconnect" and e["success"]]
+    assert len(reconnected) == 2, events
+    assert reconnected[0]["resumed"] and 0 < reconnected[0]["resume_seconds"] < 2.0, reconnected[0]
+    # prosody lost its sessions with its restart: tried, refused, a full login instead.
+    assert not reconnected[1]["resumed"] and "resume_seconds" in reconnected[1], reconnected[1]
+    assert [e for e in events if e["event"] == "keepalive"][-1]["rtt_seconds"] > 0

@@ -8,7 +8,7 @@ import ipaddress
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, FilePath, field_validator
 from pydantic import ValidationInfo as Info
@@ -187,6 +187,18 @@ class Check(Strict):
     # After a failure that suggests the wrong protocol, TLS mode or port, find out what the
     # port speaks (at most once per interval).
     follow_up: bool = True
+    # "session": log in once and hold the session for as long as the agent runs, with a
+    # keepalive every `keepalive` seconds, reporting its drops and reconnects.
+    mode: Literal["login", "session"] = "login"
+    keepalive: Seconds = Field(default=30.0, validate_default=True)
+
+    @field_validator("keepalive")
+    @classmethod
+    def _session(cls, v: float, info: Info) -> float:
+        url = info.data.get("url")
+        if url:
+            check_mode(url, info.data.get("mode", "login"), v)
+        return v
 
     @field_validator("timeout")
     @classmethod
@@ -257,6 +269,24 @@ class AgentConfig(Strict):
         if v is not None:
             split_host_port(v)
         return v
+
+
+# MQTT's keepalive is a 16-bit number of seconds; XMPP servers time idle streams out sooner.
+MAX_KEEPALIVE = 65535.0
+HOLDABLE = ("xmpp", "mqtt")
+
+
+def check_mode(url: str, mode: str, keepalive: float) -> None:
+    """Raises ValueError unless a check of this mode can run (local or assigned alike)."""
+    if mode not in ("login", "session"):
+        raise ValueError(f"mode {mode!r}: expected login or session")
+    if mode != "session":
+        return
+    if parse_target(url).protocol not in HOLDABLE:
+        raise ValueError(f"{url}: mode: session holds XMPP and MQTT logins only")
+    if not 0 < keepalive <= MAX_KEEPALIVE:
+        raise ValueError(f"keepalive {keepalive:g}s: give one between 0 and "
+                         f"{MAX_KEEPALIVE:g} seconds (MQTT's limit)")
 
 
 def load_config(path: str | Path) -> AgentConfig:

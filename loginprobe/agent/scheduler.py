@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from loginprobe.address import parse_resolver
 from loginprobe.agent import config
+from loginprobe.agent.held import HeldSession
 from loginprobe.agent.network_paths import ProbePath
 from loginprobe.codec import Report
 from loginprobe.probes.attempt import ProbeOptions
@@ -45,22 +46,26 @@ class CheckSpec:
     insecure: bool = False
     resolver: tuple[str, int] | None = None
     follow_up: bool = True
+    mode: str = "login"  # or "session": held, with a keepalive every `keepalive` seconds
+    keepalive: float = 30.0
 
     @classmethod
     def build(
         cls, name: str, url: str, interval: float, timeout: float | None, *,
         password: config.PasswordSource | None = None, ca_file: str | None = None,
         insecure: bool = False, resolver: str | None = None, follow_up: bool = True,
+        mode: str = "login", keepalive: float = 30.0,
     ) -> CheckSpec:
         """Raises ValueError (a TargetError, a bad resolver) saying what is wrong."""
         if not name or not interval > 0:
             raise ValueError("a check needs a name and an interval above zero")
+        config.check_mode(url, mode or "login", keepalive)
         # A run may never outlast its interval, or runs of one check would pile up.
         timeout = min(timeout or 10.0, interval)
         address = parse_resolver(resolver) if resolver else None
         return cls(
             name, parse_target(url), interval, timeout, password, ca_file or None, insecure,
-            address, follow_up,
+            address, follow_up, mode or "login", keepalive,
         )
 
     @classmethod
@@ -69,7 +74,7 @@ class CheckSpec:
             c.name, c.url, c.interval, c.effective_timeout,
             password=c.password if c.password_env or c.password_file else None,
             ca_file=str(c.ca_file) if c.ca_file else None, insecure=c.insecure,
-            resolver=c.resolver, follow_up=c.follow_up,
+            resolver=c.resolver, follow_up=c.follow_up, mode=c.mode, keepalive=c.keepalive,
         )
 
     def options(self) -> ProbeOptions:
@@ -156,6 +161,12 @@ class Scheduler:
                 continue
             if old:
                 old[1].cancel()  # its run in flight, if any, finishes and is spooled
+            if spec.mode == "session":
+                log.info("%s check %s: %s held, keepalive every %gs",
+                         "changed" if old else "added", spec.name, spec.target.url,
+                         spec.keepalive)
+                self._loops[key] = (spec, asyncio.create_task(self._hold(spec)))
+                continue
             log.info("%s check %s: %s every %gs", "changed" if old else "added", spec.name,
                      spec.target.url, spec.interval)
             self._loops[key] = (spec, asyncio.create_task(self._every(spec)))
@@ -178,6 +189,15 @@ class Scheduler:
             task.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
         await asyncio.gather(*self._runs, return_exceptions=True)
+
+    async def _hold(self, spec: CheckSpec) -> None:
+        """A check with mode: session: its session held on every path until cancelled.
+        Not under the concurrency limit: a held session would keep its slot for good."""
+        def offset() -> int:
+            return self.clock_offset_ns
+
+        await asyncio.gather(*(
+            HeldSession(spec, path, self._sink, offset).run() for path in self._paths))
 
     async def _every(self, spec: CheckSpec) -> None:
         loop = asyncio.get_running_loop()

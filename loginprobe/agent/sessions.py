@@ -10,6 +10,7 @@ import random
 from collections.abc import Callable
 
 from loginprobe.agent.backoff import Backoff
+from loginprobe.agent.config import MAX_KEEPALIVE as MAX_KEEPALIVE
 from loginprobe.probes.attempt import ProbeOptions
 from loginprobe.probes.session import Event, SessionOptions, Summary, hold_session
 from loginprobe.target import Target
@@ -17,8 +18,6 @@ from loginprobe.target import Target
 # Defaults like common IM SDKs' reconnect policies (Smack, Paho, Android XMPP clients): a
 # first retry within a second, doubling, capped at a minute.
 INITIAL_DELAY, MULTIPLIER, MAX_DELAY = 1.0, 2.0, 60.0
-# MQTT's keepalive is a 16-bit number of seconds.
-MAX_KEEPALIVE = 65535.0
 
 
 def sdk_backoff(
@@ -47,7 +46,8 @@ def describe(event: Event) -> str:
                 f"reconnect attempt {event['attempts']} after {event['delay_seconds']}s: {head}"
             )
             if "downtime_seconds" in event:
-                head += f", logged in again {event['downtime_seconds']}s after the drop"
+                how = "resumed" if event.get("resumed") else "logged in again"
+                head += f", {how} {event['downtime_seconds']}s after the drop"
         return f"{at} {head} ({event['duration_seconds'] * 1000:.0f} ms: {event['message']})"
     if kind == "keepalive":
         return f"{at} keepalive round trip {event['rtt_seconds'] * 1000:.1f} ms"

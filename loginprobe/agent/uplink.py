@@ -275,4 +275,6 @@ class Uplink:
             check.name, check.url, check.interval.ToNanoseconds() / 1e9,
             check.timeout.ToNanoseconds() / 1e9 or None, password=password,
             ca_file=check.ca_file, insecure=check.insecure, resolver=check.resolver,
+            mode=check.mode or "login",
+            keepalive=check.keepalive.ToNanoseconds() / 1e9 or 30.0,
         )

@@ -120,6 +120,10 @@ class Check(Strict):
     resolver: Resolver | None = None
     labels: Labels = {}
     selector: Labels = {}  # empty: every agent
+    # "session": each agent holds the login with a keepalive every `keepalive` seconds
+    # (XMPP and MQTT; MQTT's keepalive field holds at most 65535).
+    mode: Literal["login", "session"] = "login"
+    keepalive: Annotated[Seconds, Field(le=65535)] = 30.0
 
     @field_validator("timeout")
     @classmethod

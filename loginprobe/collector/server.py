@@ -67,8 +67,9 @@ def _auth_status(exc: AuthError) -> grpc.StatusCode:
 def check_to_wire(c: Check) -> pb.Check:
     msg = pb.Check(name=c.name, url=c.url, password_ref=c.password_ref or "",
                    ca_file=c.ca_file or "", insecure=c.insecure, resolver=c.resolver or "",
-                   labels=c.labels)
+                   labels=c.labels, mode=c.mode)
     msg.interval.FromNanoseconds(round(c.interval * 1e9))
+    msg.keepalive.FromNanoseconds(round(c.keepalive * 1e9))
     msg.timeout.FromNanoseconds(round(c.timeout * 1e9))
     return msg
 

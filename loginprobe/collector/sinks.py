@@ -1,5 +1,6 @@
 """The sinks a collector's config asks for, built in one place: the results log, the
-Prometheus result metrics, OpenTelemetry traces, the event log and the /status page."""
+Prometheus result and session metrics, OpenTelemetry traces, the event log and the /status
+page."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from prometheus_client.registry import Collector
 
 from loginprobe.collector.config import CollectorConfig
 from loginprobe.collector.exporters.log import EventLog
-from loginprobe.collector.exporters.prometheus import ResultMetrics
+from loginprobe.collector.exporters.prometheus import ResultMetrics, SessionMetrics
 from loginprobe.collector.exporters.results_log import ResultsLog
 from loginprobe.collector.ingest import FleetState, Sink
 from loginprobe.collector.status import StatusPage, status_page
@@ -42,6 +43,9 @@ def build(config: CollectorConfig, fleet: FleetState) -> Sinks:
         out.metrics = ResultMetrics(
             fleet, config.metrics.series_ttl, config.metrics.max_label_values)
         out.all.append(out.metrics)
+        sessions = SessionMetrics(fleet, config.metrics.series_ttl)
+        out.all.append(sessions)
+        out.extra_collectors.append(sessions)
     if config.traces:
         # Imported only when configured: the SDK and its gRPC exporter take time to load.
         from loginprobe.collector.exporters.otel import TraceExporter

@@ -19,7 +19,7 @@ from sys import intern
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
-from loginprobe.codec import ResultView, view_bytes, view_from_bytes
+from loginprobe.codec import ResultView, is_attempt, view_bytes, view_from_bytes
 from loginprobe.collector.ingest import Accepted, FleetState
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,8 @@ class StatusStore:
         with self.lock:
             row = self.agents.setdefault(agent, AgentRow())
             for msg in batch.results:
+                if not is_attempt(msg):  # a held session's keepalives and drops
+                    continue
                 key = (msg.check, agent, msg.labels.get("path", ""))
                 series = self.series.get(key)
                 if series is None:

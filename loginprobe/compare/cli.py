@@ -22,6 +22,10 @@ figures are those a Grafana panel with the same range shows. Success rates carry
 Wilson interval; two groups' success rates are compared with Fisher's exact test, their
 login durations (and each phase's) with a Mann-Whitney U test on the histogram buckets.
 The phase blamed is the one with the largest share of the difference in mean duration.
+For checks that hold sessions (mode: session): drops per session-hour with an exact
+Poisson 95% interval, compared with the E-test of two Poisson rates; reconnect time (drop
+to logged in again) and keepalive round trip compared with Mann-Whitney U on their
+buckets. The statistics are scipy.stats' (pip install 'loginprobe[compare]').
 A difference is called significant at p < 0.05; with more than two groups every pair is
 tested, with no correction for the number of pairs.
 

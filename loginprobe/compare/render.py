@@ -10,9 +10,11 @@ from loginprobe.compare.report import (
     CheckReport,
     Comparison,
     Group,
+    Sessions,
     fmt_ms,
     fmt_p,
     fmt_pct,
+    fmt_s,
     group_name,
     phase_key,
 )
@@ -45,12 +47,58 @@ def render_table(reports: list[CheckReport], by: str, start: float, end: float) 
                 c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
             ]
             lines.append("  " + "  ".join(cells))
+        if any(g.sessions for g in r.groups):
+            lines += _sessions_table(r, by)
         if not r.comparisons:
             lines.append(f"  only one {by} here: nothing to compare")
         for c in r.comparisons:
             lines.append(f"  {group_name(c.a.name)} vs {group_name(c.b.name)}:")
             lines += [f"    {sentence}" for sentence in c.verdict()]
     return "\n".join(lines)
+
+
+def _columns(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  " + "  ".join([row[0].ljust(widths[0])] + [
+        c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)]) for row in rows]
+
+
+def _sessions_table(r: CheckReport, by: str) -> list[str]:
+    """Held sessions per group: drops per session-hour (exact 95% interval), reconnect time
+    and keepalive round trip."""
+    rows = [[by, "session-h", "drops", "per session-h", "95% CI", "reconnects",
+             "reconnect p50/p95 s", "keepalive p50/p95 ms"]]
+    for g in r.groups:
+        s = g.sessions
+        if s is None:
+            continue
+        lo, hi = s.drop_rate_ci95
+        rate = "-" if s.drop_rate is None else f"{s.drop_rate:.2f}"
+        rows.append([group_name(g.name), f"{s.session_hours:.2f}", str(s.drop_count), rate,
+                     f"{lo:.2f}-{hi:.2f}", str(round(s.reconnect.count)),
+                     f"{fmt_s(s.reconnect.p50)}/{fmt_s(s.reconnect.p95)}",
+                     f"{fmt_ms(s.keepalive.p50)}/{fmt_ms(s.keepalive.p95)}"])
+    return ["", f"  held sessions of {r.check}", *_columns(rows)]
+
+
+def _sessions_json(s: Sessions | None) -> dict[str, Any] | None:
+    if s is None:
+        return None
+    return {
+        "session_hours": s.session_hours,
+        "drops": s.drop_count,
+        "drops_by_reason": dict(sorted(s.drops.items())),
+        "drops_per_session_hour": s.drop_rate,
+        "drops_per_session_hour_ci95": list(s.drop_rate_ci95),
+        "reconnects": round(s.reconnect.count),
+        "reconnect_p50_seconds": s.reconnect.p50,
+        "reconnect_p95_seconds": s.reconnect.p95,
+        "reconnect_mean_seconds": s.reconnect.mean,
+        "keepalives": round(s.keepalive.count),
+        "keepalive_p50_seconds": s.keepalive.p50,
+        "keepalive_p95_seconds": s.keepalive.p95,
+        "keepalive_mean_seconds": s.keepalive.mean,
+    }
 
 
 def to_json(reports: list[CheckReport], by: str, start: float, end: float) -> dict[str, Any]:
@@ -71,6 +119,7 @@ def to_json(reports: list[CheckReport], by: str, start: float, end: float) -> di
                 }
                 for name, p in sorted(g.phases.items(), key=lambda kv: phase_key(kv[0]))
             },
+            "sessions": _sessions_json(g.sessions),
         }
 
     def comparison(c: Comparison) -> dict[str, Any]:
@@ -99,6 +148,22 @@ def to_json(reports: list[CheckReport], by: str, start: float, end: float) -> di
                 for p in c.phase_p
             },
             "blamed_phase": c.blamed_phase,
+            "drop_rate": {
+                "difference": (c.a.sessions.drop_rate or 0.0) - (c.b.sessions.drop_rate or 0.0)
+                if c.a.sessions and c.b.sessions else None,
+                "test": "poisson_e_test",
+                "p_value": c.drop_p,
+            },
+            "reconnect": {
+                "test": "mann_whitney_u_binned",
+                "p_value": c.reconnect[0] if c.reconnect else None,
+                "prob_a_slower": c.reconnect[1] if c.reconnect else None,
+            },
+            "keepalive": {
+                "test": "mann_whitney_u_binned",
+                "p_value": c.keepalive[0] if c.keepalive else None,
+                "prob_a_slower": c.keepalive[1] if c.keepalive else None,
+            },
         }
 
     return {

@@ -1,28 +1,36 @@
-"""The statistics compare reports: Wilson intervals, Fisher's exact test, Mann-Whitney U."""
+"""The statistics compare reports, from scipy.stats: Wilson intervals of success rates,
+exact Poisson intervals of drop rates, Fisher's exact test, Mann-Whitney U and the E-test of
+two Poisson rates. By hand only what scipy has no function for: reading histogram buckets
+as tied samples, and the exact Poisson interval from scipy's chi-square quantiles."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
+from typing import Any
+
+from loginprobe.compare.promapi import CompareError
 
 ALPHA = 0.05
-Z95 = 1.959963984540054  # two-sided 95% quantile of the standard normal
 
 
-def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval: unlike the textbook p ± z·se it keeps its coverage near 0% and
-    100% and for small n, which is where login success rates live."""
+def _scipy() -> Any:
+    """scipy.stats, imported when compare first needs it (not at every CLI start)."""
+    try:
+        import scipy.stats
+    except ImportError:
+        raise CompareError(
+            "loginprobe compare needs scipy: pip install 'loginprobe[compare]'"
+        ) from None
+    return scipy.stats
+
+
+def wilson(successes: int, n: int) -> tuple[float, float]:
+    """95% Wilson score interval: unlike the textbook p ± z·se it keeps its coverage near 0%
+    and 100% and for small n, which is where login success rates live."""
     if n == 0:
         return 0.0, 1.0
-    p = successes / n
-    denom = 1 + z * z / n
-    center = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, center - half), min(1.0, center + half)
-
-
-def _log_comb(n: int, k: int) -> float:
-    return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+    ci = _scipy().binomtest(successes, n).proportion_ci(1 - ALPHA, method="wilson")
+    return max(0.0, float(ci.low)), min(1.0, float(ci.high))
 
 
 def fisher_exact(a_successes: int, a_n: int, b_successes: int, b_n: int) -> float:
@@ -31,22 +39,10 @@ def fisher_exact(a_successes: int, a_n: int, b_successes: int, b_n: int) -> floa
     Exact rather than the two-proportion z-test because success rates near 100% give
     expected failure counts below 5, where the z-test's normal approximation misleads.
     """
-    n, s = a_n + b_n, a_successes + b_successes
     if a_n == 0 or b_n == 0:
         return 1.0
-
-    def log_p(x: int) -> float:  # hypergeometric: x of the s successes fall in group a
-        return _log_comb(a_n, x) + _log_comb(b_n, s - x) - _log_comb(n, s)
-
-    observed = log_p(a_successes)
-    # Sum every table no more likely than the observed one; the tolerance (as R and scipy
-    # use) keeps tables equal to it from being lost to rounding.
-    p = sum(
-        math.exp(lp)
-        for x in range(max(0, s - b_n), min(a_n, s) + 1)
-        if (lp := log_p(x)) <= observed + 1e-7
-    )
-    return min(1.0, p)
+    table = [[a_successes, a_n - a_successes], [b_successes, b_n - b_successes]]
+    return min(1.0, float(_scipy().fisher_exact(table).pvalue))
 
 
 def mann_whitney_binned(a: Sequence[int], b: Sequence[int]) -> tuple[float, float] | None:
@@ -56,22 +52,42 @@ def mann_whitney_binned(a: Sequence[int], b: Sequence[int]) -> tuple[float, floa
     Mann-Whitney U test needs nothing more: each bucket is one tie group, the tie-corrected
     variance accounts for the binning exactly, and it answers the question asked (does one
     group tend to be slower?). A chi-square test on the bucket counts would instead flag any
-    change of shape in either direction, and its p-value depends on how sparse buckets are
-    merged. The cost: a difference that stays within one bucket is invisible (conservative).
-    Normal approximation with continuity correction; fine from a few dozen attempts a group.
+    change of shape in either direction. The cost: a difference that stays within one
+    bucket is invisible (conservative). scipy's asymptotic test with continuity correction;
+    fine from a few dozen attempts a group.
     """
+    import numpy as np
+
     na, nb = sum(a), sum(b)
     if na == 0 or nb == 0:
         return None
-    u = 0.0  # pairs (x from a, y from b) with x > y, ties counting one half
-    b_below = 0
-    for ca, cb in zip(a, b, strict=True):
-        u += ca * (b_below + cb / 2)
-        b_below += cb
-    n = na + nb
-    ties = sum((ca + cb) ** 3 - (ca + cb) for ca, cb in zip(a, b, strict=True))
-    var = na * nb / 12 * ((n + 1) - ties / (n * (n - 1)))
-    if var <= 0:  # every attempt of both groups in one bucket: nothing tells them apart
-        return 1.0, u / (na * nb)
-    z = max(0.0, abs(u - na * nb / 2) - 0.5) / math.sqrt(var)
-    return min(1.0, math.erfc(z / math.sqrt(2))), u / (na * nb)
+    if sum(1 for ca, cb in zip(a, b, strict=True) if ca or cb) == 1:
+        return 1.0, 0.5  # every attempt of both groups in one bucket: nothing tells them apart
+    bins = np.arange(len(a), dtype=np.int32)
+    x, y = np.repeat(bins, list(a)), np.repeat(bins, list(b))
+    result = _scipy().mannwhitneyu(x, y, alternative="two-sided", method="asymptotic",
+                                   use_continuity=True)
+    return min(1.0, float(result.pvalue)), float(result.statistic) / (na * nb)
+
+
+def poisson_interval(events: int, exposure: float) -> tuple[float, float]:
+    """Exact (Garwood) 95% interval of a rate: events counted over `exposure` (for drops,
+    session-hours). scipy has the chi-square quantiles, not this interval."""
+    if exposure <= 0:
+        return 0.0, float("inf")
+    chi2 = _scipy().chi2
+    lo = 0.0 if events == 0 else float(chi2.ppf(ALPHA / 2, 2 * events)) / 2
+    hi = float(chi2.ppf(1 - ALPHA / 2, 2 * events + 2)) / 2
+    return lo / exposure, hi / exposure
+
+
+def poisson_rates_p(a_events: int, a_exposure: float, b_events: int,
+                    b_exposure: float) -> float | None:
+    """Two-sided p-value that two Poisson rates differ (scipy's E-test, Krishnamoorthy and
+    Thomson), e.g. drops per session-hour on two network types; None without exposure."""
+    if a_exposure <= 0 or b_exposure <= 0:
+        return None
+    if a_events == 0 and b_events == 0:
+        return 1.0
+    result = _scipy().poisson_means_test(a_events, a_exposure, b_events, b_exposure)
+    return min(1.0, float(result.pvalue))

@@ -59,6 +59,11 @@ class ProbeOptions:
     # agent's allows one follow-up per check per interval.
     follow_up: bool = True
     follow_up_gate: Callable[[], bool] | None = field(default=None, compare=False)
+    # A held XMPP session's reconnect: resume this one (XEP-0198 id, stanzas handled)
+    # where the server offers stream management, before falling back to a full login.
+    resume: tuple[str, int] | None = None
+    # Use XEP-0198 stream management in held XMPP sessions where the server offers it.
+    stream_management: bool = True
 
 
 class PhaseHandle:

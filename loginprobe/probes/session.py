@@ -4,6 +4,7 @@ reconnect with backoff the way an IM SDK does, reporting each step as an event."
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from loginprobe.target import Target
 
 Event = dict[str, Any]
 NS_PING = "urn:xmpp:ping"
+NS_SM = "urn:xmpp:sm:3"
 
 
 class Delays(Protocol):
@@ -37,13 +39,24 @@ class SessionOptions:
 
 
 class Drop(Exception):
-    """The session ended: one reason, and when the evidence arrived (monotonic seconds)."""
+    """The session ended: one reason, when the evidence arrived (monotonic seconds), and
+    what the session was doing: idle, or keepalive (waiting for an answer)."""
 
-    def __init__(self, reason: Reason, message: str, at: float) -> None:
+    def __init__(self, reason: Reason, message: str, at: float, phase: str = "idle") -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
         self.at = at
+        self.phase = phase
+
+
+class LoginEvent(dict[str, Any]):
+    """A login or reconnect event (JSON-ready like any event), with its Result kept beside
+    it for whoever sends it on (the agent)."""
+
+    def __init__(self, data: dict[str, Any], result: Result) -> None:
+        super().__init__(data)
+        self.result = result
 
 
 class Keeper(Protocol):
@@ -53,6 +66,8 @@ class Keeper(Protocol):
     async def ping(self) -> None: ...
     async def idle(self, seconds: float) -> None: ...
     async def close(self) -> None: ...
+    async def abort(self) -> None: ...
+    def resume_token(self) -> tuple[str, int] | None: ...
 
 
 def _closed(conn: Conn, failure: ProbeFailure) -> Reason:
@@ -75,14 +90,22 @@ class XmppKeeper:
         self._n = 0
 
     async def _read(self) -> Any:
-        try:
-            stanza = await self.session.stream.next()
-        except ProbeFailure as failure:
-            raise Drop(_closed(self.conn, failure), failure.message, time.monotonic()) from None
-        # The size limit is per exchange, not per session. Not 0: to the stream reader, no
-        # byte read yet means the port never spoke XMPP.
-        self.conn.attempt.bytes_read = 1
-        return stanza
+        while True:
+            try:
+                stanza = await self.session.stream.next()
+            except ProbeFailure as failure:
+                raise Drop(_closed(self.conn, failure), failure.message,
+                           time.monotonic()) from None
+            # The size limit is per exchange, not per session. Not 0: to the stream reader,
+            # no byte read yet means the port never spoke XMPP.
+            self.conn.attempt.bytes_read = 1
+            if stanza.ns == NS_SM:
+                if stanza.name == "r":  # XEP-0198: say how many stanzas we have handled
+                    await _send(self.conn, f"<a xmlns='{NS_SM}' h='{self.session.sm_handled}'/>")
+                continue
+            if stanza.name in ("iq", "message", "presence"):
+                self.session.sm_handled += 1
+            return stanza
 
     async def ping(self) -> None:
         self._n += 1
@@ -108,6 +131,16 @@ class XmppKeeper:
     async def close(self) -> None:
         await self.session.close()
         await self.conn.close()
+
+    async def abort(self) -> None:
+        """After a drop: the connection goes without a closing </stream:stream>, which
+        would end a resumable session on the server for good."""
+        await self.conn.close()
+
+    def resume_token(self) -> tuple[str, int] | None:
+        """What a reconnect resumes this session by (XEP-0198), if the server allows it."""
+        s = self.session
+        return (s.sm_id, s.sm_handled) if s.sm_id else None
 
 
 class MqttKeeper:
@@ -157,6 +190,12 @@ class MqttKeeper:
     async def close(self) -> None:
         await _send(self.conn, b"\xe0\x00", "DISCONNECT")
         await self.conn.close()
+
+    async def abort(self) -> None:
+        await self.conn.close()
+
+    def resume_token(self) -> tuple[str, int] | None:
+        return None
 
 
 async def _send(conn: Conn, data: str | bytes, shown: str | None = None) -> None:
@@ -217,15 +256,23 @@ async def _hold(keeper: Keeper, opts: SessionOptions, emit: Callable[[Event], No
             raise Drop(
                 Reason.KEEPALIVE_TIMEOUT,
                 f"no answer to a keepalive within {opts.keepalive_timeout:g}s",
-                time.monotonic(),
+                time.monotonic(), "keepalive",
             ) from None
+        except Drop as drop:
+            drop.phase = "keepalive"
+            raise
         rtt = time.monotonic() - sent
         summary.rtts.append(rtt)
         emit({"event": "keepalive", "at": _now(), "rtt_seconds": round(rtt, 6)})
 
 
-def _login_event(kind: str, result: Result) -> Event:
-    return {"event": kind, "at": _now(), **result.to_dict()}
+def _login_event(kind: str, result: Result) -> LoginEvent:
+    return LoginEvent({"event": kind, "at": _now(), **result.to_dict()}, result)
+
+
+def wall(monotonic: float) -> datetime:
+    """A monotonic instant of this process as wall-clock time."""
+    return datetime.fromtimestamp(time.time() - (time.monotonic() - monotonic), UTC)
 
 
 async def hold_session(
@@ -273,13 +320,16 @@ async def _run(
                 except Drop as drop:
                     summary.drops += 1
                     summary.up_seconds += drop.at - up_since
-                    await keeper_close_quietly(keeper)
+                    await keeper_close_quietly(keeper, abort=True)
+                    # Stamped when the evidence arrived, not when the drop was noticed.
+                    at = wall(drop.at).isoformat(timespec="milliseconds").replace("+00:00", "Z")
                     emit({
-                        "event": "drop", "at": _now(), "reason": drop.reason.value,
+                        "event": "drop", "at": at, "reason": drop.reason.value,
                         "step": drop.reason.step.value, "message": drop.message,
-                        "hint": drop.reason.hint,
+                        "hint": drop.reason.hint, "phase": drop.phase,
                         "session_seconds": round(drop.at - up_since, 3),
                     })
+                    options = dataclasses.replace(options, resume=keeper.resume_token())
                     held = await _reconnect(target, options, backoff, emit, sleep, drop.at)
                 except BaseException:
                     summary.up_seconds += time.monotonic() - up_since
@@ -289,10 +339,10 @@ async def _run(
         pass
 
 
-async def keeper_close_quietly(keeper: Keeper) -> None:
+async def keeper_close_quietly(keeper: Keeper, abort: bool = False) -> None:
     try:
         async with asyncio.timeout(1.0):
-            await keeper.close()
+            await (keeper.abort() if abort else keeper.close())
     except (ProbeFailure, Drop, TimeoutError, OSError):
         pass
 
@@ -317,6 +367,12 @@ async def _reconnect(
         if held is not None:
             backoff.reset()
             event["downtime_seconds"] = round(time.monotonic() - dropped_at, 3)
+            # XEP-0198: whether the session was resumed rather than logged in anew, and
+            # what the resume exchange took when it was tried.
+            event["resumed"] = bool(getattr(held, "resumed", False))
+            resume_ns = getattr(held, "resume_ns", None)
+            if resume_ns is not None:
+                event["resume_seconds"] = round(resume_ns / 1e9, 6)
             emit(event)
             return held
         emit(event)

@@ -9,11 +9,12 @@ import contextlib
 import hashlib
 import hmac
 import secrets
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 from xml.parsers import expat
-from xml.sax.saxutils import escape
+from xml.sax.saxutils import escape, quoteattr
 
 from scramp import ScramException
 from scramp.utils import saslprep
@@ -32,6 +33,7 @@ NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
 NS_BIND = "urn:ietf:params:xml:ns:xmpp-bind"
 NS_STREAM_ERRORS = "urn:ietf:params:xml:ns:xmpp-streams"
 NS_STANZA_ERRORS = "urn:ietf:params:xml:ns:xmpp-stanzas"
+NS_SM = "urn:xmpp:sm:3"  # XEP-0198 stream management
 RESOURCE = "loginprobe"
 ALPN = ("xmpp-client",)  # XEP-0368
 MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN")  # most preferred first
@@ -309,8 +311,18 @@ async def login(attempt: Attempt, session: Session) -> None:
         features = await session.open_stream()
         await session.authenticate(features)
         features = await session.open_stream()
-        jid = await session.bind(features)
-        attempt.note("*", f"logged in as {jid}")
+        # A held session uses stream management where the server offers it, as mobile
+        # SDKs do: after a drop it may resume the session instead of logging in anew.
+        managed = (attempt.keep and attempt.options.stream_management
+                   and features.find(NS_SM, "sm") is not None)
+        resume = attempt.options.resume
+        if managed and resume is not None and await session.resume(*resume):
+            attempt.note("*", "resumed the previous session (XEP-0198)")
+        else:
+            jid = await session.bind(features)
+            attempt.note("*", f"logged in as {jid}")
+            if managed:
+                await session.enable_management()
     if attempt.keep:
         attempt.held = session  # a session holder keeps the stream open
         return
@@ -326,6 +338,39 @@ class Session:
         self.attempt = attempt
         self.conn = conn
         self.stream = XmlStream(conn)
+        # XEP-0198: the id to resume this session by ("" when not resumable), stanzas
+        # handled from the server, and whether (and how fast) this one resumed an earlier.
+        self.sm_id = ""
+        self.sm_handled = 0
+        self.resumed = False
+        self.resume_ns: int | None = None
+
+    async def enable_management(self) -> None:
+        """Ask for stream management with resumption; a refusal leaves it off."""
+        await self.conn.send(f"<enable xmlns='{NS_SM}' resume='true'/>".encode())
+        while True:
+            stanza = await self.stream.next()
+            if stanza.ns == NS_SM and stanza.name in ("enabled", "failed"):
+                break
+        if stanza.name == "enabled" and stanza.attrs.get("resume") in ("true", "1"):
+            self.sm_id = stanza.attrs.get("id", "")
+
+    async def resume(self, previd: str, handled: int) -> bool:
+        """Resume an earlier session instead of binding: True when the server did. Timed:
+        resumption's cost beside a full login's is what an SDK saves by it."""
+        began = time.monotonic_ns()
+        await self.conn.send(
+            f"<resume xmlns='{NS_SM}' previd={quoteattr(previd)} h='{handled}'/>".encode())
+        stanza = await self.stream.next()
+        self.resume_ns = time.monotonic_ns() - began
+        if (stanza.ns, stanza.name) == (NS_SM, "resumed"):
+            self.sm_id, self.sm_handled, self.resumed = previd, handled, True
+            return True
+        if (stanza.ns, stanza.name) != (NS_SM, "failed"):
+            raise ProbeFailure(
+                Reason.PROTOCOL_ERROR, f"unexpected answer to resume: <{stanza.name}>")
+        self.attempt.note("*", "the server could not resume the session: full login")
+        return False
 
     async def open_stream(self) -> Element:
         """(Re)start the stream: send our header, read the server's and its features."""
@@ -470,9 +515,12 @@ class Session:
                 Reason.PROTOCOL_ERROR,
                 f"the server offered no resource binding (features: {_feature_names(features)})",
             )
+        # A held session gets a resource of its own, as each device of an SDK does: two
+        # held at once (one per network path) would otherwise replace each other (conflict).
+        resource = f"{RESOURCE}-{secrets.token_hex(4)}" if self.attempt.keep else RESOURCE
         await self.conn.send(
             f"<iq xmlns='{NS_CLIENT}' type='set' id='bind1'><bind xmlns='{NS_BIND}'>"
-            f"<resource>{escape(RESOURCE)}</resource></bind></iq>".encode()
+            f"<resource>{escape(resource)}</resource></bind></iq>".encode()
         )
         while True:
             # Servers may push other stanzas first; the answer is the iq with our id.

@@ -83,7 +83,7 @@ class CheckUpdate(_message.Message):
     def __init__(self, full: _Optional[bool] = ..., upsert: _Optional[_Iterable[_Union[Check, _Mapping]]] = ..., remove: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Check(_message.Message):
-    __slots__ = ("name", "url", "interval", "timeout", "password_ref", "ca_file", "insecure", "resolver", "labels")
+    __slots__ = ("name", "url", "interval", "timeout", "password_ref", "ca_file", "insecure", "resolver", "labels", "mode", "keepalive")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +100,8 @@ class Check(_message.Message):
     INSECURE_FIELD_NUMBER: _ClassVar[int]
     RESOLVER_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    KEEPALIVE_FIELD_NUMBER: _ClassVar[int]
     name: str
     url: str
     interval: _duration_pb2.Duration
@@ -109,7 +111,9 @@ class Check(_message.Message):
     insecure: bool
     resolver: str
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, name: _Optional[str] = ..., url: _Optional[str] = ..., interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., password_ref: _Optional[str] = ..., ca_file: _Optional[str] = ..., insecure: _Optional[bool] = ..., resolver: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    mode: str
+    keepalive: _duration_pb2.Duration
+    def __init__(self, name: _Optional[str] = ..., url: _Optional[str] = ..., interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., password_ref: _Optional[str] = ..., ca_file: _Optional[str] = ..., insecure: _Optional[bool] = ..., resolver: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., mode: _Optional[str] = ..., keepalive: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class ResultBatch(_message.Message):
     __slots__ = ("results",)
@@ -124,7 +128,7 @@ class Ack(_message.Message):
     def __init__(self, seq: _Optional[int] = ...) -> None: ...
 
 class ProbeResult(_message.Message):
-    __slots__ = ("seq", "check", "url", "protocol", "success", "reason", "step", "message", "hint", "started_at_unix_nano", "duration_ns", "resolved_address", "phases", "tls", "dns", "trace_id", "clock_offset_ns", "labels", "network", "findings")
+    __slots__ = ("seq", "check", "url", "protocol", "success", "reason", "step", "message", "hint", "started_at_unix_nano", "duration_ns", "resolved_address", "phases", "tls", "dns", "trace_id", "clock_offset_ns", "labels", "network", "findings", "session")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -152,6 +156,7 @@ class ProbeResult(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     FINDINGS_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
     seq: int
     check: str
     url: str
@@ -172,7 +177,32 @@ class ProbeResult(_message.Message):
     labels: _containers.ScalarMap[str, str]
     network: NetworkContext
     findings: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, seq: _Optional[int] = ..., check: _Optional[str] = ..., url: _Optional[str] = ..., protocol: _Optional[str] = ..., success: _Optional[bool] = ..., reason: _Optional[str] = ..., step: _Optional[str] = ..., message: _Optional[str] = ..., hint: _Optional[str] = ..., started_at_unix_nano: _Optional[int] = ..., duration_ns: _Optional[int] = ..., resolved_address: _Optional[str] = ..., phases: _Optional[_Iterable[_Union[Phase, _Mapping]]] = ..., tls: _Optional[_Union[TLSInfo, _Mapping]] = ..., dns: _Optional[_Union[DNSInfo, _Mapping]] = ..., trace_id: _Optional[bytes] = ..., clock_offset_ns: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., network: _Optional[_Union[NetworkContext, _Mapping]] = ..., findings: _Optional[_Iterable[str]] = ...) -> None: ...
+    session: SessionEvent
+    def __init__(self, seq: _Optional[int] = ..., check: _Optional[str] = ..., url: _Optional[str] = ..., protocol: _Optional[str] = ..., success: _Optional[bool] = ..., reason: _Optional[str] = ..., step: _Optional[str] = ..., message: _Optional[str] = ..., hint: _Optional[str] = ..., started_at_unix_nano: _Optional[int] = ..., duration_ns: _Optional[int] = ..., resolved_address: _Optional[str] = ..., phases: _Optional[_Iterable[_Union[Phase, _Mapping]]] = ..., tls: _Optional[_Union[TLSInfo, _Mapping]] = ..., dns: _Optional[_Union[DNSInfo, _Mapping]] = ..., trace_id: _Optional[bytes] = ..., clock_offset_ns: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., network: _Optional[_Union[NetworkContext, _Mapping]] = ..., findings: _Optional[_Iterable[str]] = ..., session: _Optional[_Union[SessionEvent, _Mapping]] = ...) -> None: ...
+
+class SessionEvent(_message.Message):
+    __slots__ = ("kind", "segment", "session_ns", "phase", "attempts", "delay_ns", "downtime_ns", "keepalive_rtt_ns", "resumed", "resume_ns")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    SESSION_NS_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    DELAY_NS_FIELD_NUMBER: _ClassVar[int]
+    DOWNTIME_NS_FIELD_NUMBER: _ClassVar[int]
+    KEEPALIVE_RTT_NS_FIELD_NUMBER: _ClassVar[int]
+    RESUMED_FIELD_NUMBER: _ClassVar[int]
+    RESUME_NS_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    segment: int
+    session_ns: int
+    phase: str
+    attempts: int
+    delay_ns: int
+    downtime_ns: int
+    keepalive_rtt_ns: _containers.RepeatedScalarFieldContainer[int]
+    resumed: bool
+    resume_ns: int
+    def __init__(self, kind: _Optional[str] = ..., segment: _Optional[int] = ..., session_ns: _Optional[int] = ..., phase: _Optional[str] = ..., attempts: _Optional[int] = ..., delay_ns: _Optional[int] = ..., downtime_ns: _Optional[int] = ..., keepalive_rtt_ns: _Optional[_Iterable[int]] = ..., resumed: _Optional[bool] = ..., resume_ns: _Optional[int] = ...) -> None: ...
 
 class NetworkContext(_message.Message):
     __slots__ = ("path", "interface", "network_type", "ssid", "signal_dbm", "source_address", "carrier", "asn")

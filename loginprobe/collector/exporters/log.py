@@ -1,5 +1,6 @@
-"""Attempts as JSON lines for Loki or any log system: one per failed attempt, and one when
-a check of an agent's network path starts failing or recovers, each with its trace id."""
+"""Attempts as JSON lines for Loki or any log system: one per failed attempt, one when a
+check of an agent's network path starts failing or recovers, and one when a held session
+drops or is logged in again, each with its trace id."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from loginprobe.codec import ResultView
+from loginprobe.codec import ResultView, is_attempt
 from loginprobe.collector.ingest import Accepted, FleetState
 
 
@@ -39,6 +40,8 @@ class EventLog:
         self._owned = path is not None
         # (agent, path, check) failing now -> the line that said so, for the recovery
         self._failing: dict[tuple[str, str, str], dict[str, Any]] = {}
+        # (agent, path, check) of a held session dropped and not back yet -> its drop line
+        self._dropped: dict[tuple[str, str, str], dict[str, Any]] = {}
 
     def write(self, batch: Accepted) -> None:
         agent, fixed = batch.agent, batch.fixed_labels
@@ -46,6 +49,12 @@ class EventLog:
         failing = self._failing
         lines: list[dict[str, Any]] = []
         for msg in batch.results:
+            if msg.session.kind:
+                line = self._session(agent, {**claimed, **msg.labels, **fixed}, msg)
+                if line is not None:
+                    lines.append(line)
+                if not is_attempt(msg):
+                    continue
             if msg.success:
                 if failing:  # nothing to recover while nothing fails
                     key = (agent, msg.labels.get("path", ""), msg.check)
@@ -73,6 +82,35 @@ class EventLog:
             now = datetime.now(UTC).isoformat(timespec="milliseconds")
             self._out.write("".join(json.dumps({"time": now, **line}) + "\n" for line in lines))
             self._out.flush()
+
+    def _session(self, agent: str, labels: Mapping[str, str],
+                 msg: ResultView) -> dict[str, Any] | None:
+        """session_dropped for a drop, session_recovered for the reconnect that logs in."""
+        event = msg.session
+        key = (agent, msg.labels.get("path", ""), msg.check)
+        where = {"agent": agent, "path": key[1], "check": msg.check, "target": msg.url,
+                 "protocol": msg.protocol}
+        if event.kind == "drop":
+            line = {
+                "event": "session_dropped", **where, "labels": dict(labels),
+                "reason": msg.reason, "step": msg.step, "phase": event.phase,
+                "message": msg.message, "hint": msg.hint,
+                "session_seconds": event.session_ns / 1e9, "segment": event.segment,
+                "trace_id": msg.trace_id.hex(), "dropped_at": iso(msg.started_at_unix_nano),
+            }
+            self._dropped[key] = line
+            return line
+        if event.kind == "reconnect" and msg.success:
+            drop = self._dropped.pop(key, None)
+            return {
+                "event": "session_recovered", **where,
+                "downtime_seconds": event.downtime_ns / 1e9, "attempts": event.attempts,
+                "segment": event.segment,
+                "dropped_reason": drop["reason"] if drop else None,
+                "resumed": event.resumed, "trace_id": msg.trace_id.hex(),
+                "logged_in_at": iso(msg.started_at_unix_nano + msg.duration_ns),
+            }
+        return None
 
     @staticmethod
     def _state(event: str, key: tuple[str, str, str], msg: ResultView,

@@ -90,7 +90,12 @@ class TraceExporter(Collector):
         self._tokens = min(rate, self._tokens + (now - self._refilled) * rate)
         self._refilled = now
         for msg in batch.results:
-            ok = msg.success
+            kind = msg.session.kind
+            if kind == "keepalive":
+                continue
+            # A held session's drop and its recovery are rare and what its trace is opened
+            # for: exported like failures, whatever the sampling of successes.
+            ok = msg.success and not (kind == "reconnect" and msg.session.downtime_ns)
             if ok:
                 if int.from_bytes(msg.trace_id[8:16]) >= bound:
                     continue
@@ -166,11 +171,22 @@ class TraceExporter(Collector):
 
     def spans(self, agent: str, claimed: Mapping[str, str], fixed: Mapping[str, str],
               msg: ResultView) -> list[ReadableSpan]:
-        """The root span `login <protocol>` and one child per phase that ran."""
+        """The root span `login <protocol>` and one child per phase that ran. For a held
+        session: a drop is the span of the segment it ended (`session <protocol>`, from
+        logged in to the drop); a reconnect that logs in again is a `reconnect <protocol>`
+        span from the drop, its login attempt's spans beneath it."""
         labels = {**claimed, **msg.labels, **fixed}
         resource = self._resource(agent, labels)
         tid = msg.trace_id
         trace_id = int.from_bytes(tid) if len(tid) == 16 and any(tid) else random.getrandbits(128)
+        kind = msg.session.kind
+        if kind == "drop":
+            return [self._segment(trace_id, resource, msg)]
+        out: list[ReadableSpan] = []
+        parent = None
+        if kind == "reconnect" and msg.success and msg.session.downtime_ns:
+            out.append(self._reconnect(trace_id, resource, msg))
+            parent = out[0].context
         root = SpanContext(trace_id, _span_id(), is_remote=False, trace_flags=_SAMPLED)
         attributes: dict[str, str | int] = {
             "loginprobe.check": msg.check,
@@ -197,11 +213,16 @@ class TraceExporter(Collector):
             if msg.hint:
                 attributes["loginprobe.hint"] = msg.hint
             status = Status(StatusCode.ERROR, msg.message or msg.reason)
+        if kind:
+            attributes["loginprobe.session.event"] = kind
+            attributes["loginprobe.session.segment"] = msg.session.segment
+            if kind == "reconnect":
+                attributes["loginprobe.session.attempts"] = msg.session.attempts
         start = msg.started_at_unix_nano
-        out = [ReadableSpan(
-            name=f"login {msg.protocol}", context=root, parent=None, resource=resource,
+        out.append(ReadableSpan(
+            name=f"login {msg.protocol}", context=root, parent=parent, resource=resource,
             attributes=attributes, kind=SpanKind.CLIENT, instrumentation_scope=_SCOPE,
-            status=status, start_time=start, end_time=start + msg.duration_ns)]
+            status=status, start_time=start, end_time=start + msg.duration_ns))
         for phase in msg.phases:
             if phase.skipped:
                 continue
@@ -221,6 +242,46 @@ class TraceExporter(Collector):
                     StatusCode.ERROR, phase.message or msg.reason),
                 start_time=phase_start, end_time=phase_start + phase.duration_ns))
         return out
+
+    def _session_attributes(self, msg: ResultView) -> dict[str, str | int]:
+        attributes: dict[str, str | int] = {
+            "loginprobe.check": msg.check, "loginprobe.target": msg.url,
+            "loginprobe.session.segment": msg.session.segment,
+        }
+        target = self._target(msg.url)
+        if target is not None:
+            attributes["server.address"], attributes["server.port"] = target
+        return attributes
+
+    def _segment(self, trace_id: int, resource: Resource, msg: ResultView) -> ReadableSpan:
+        """A logged-in stretch of a held session, ended by the drop in msg."""
+        end = msg.started_at_unix_nano  # when the evidence of the drop arrived
+        attributes = self._session_attributes(msg)
+        attributes.update({
+            "error.type": msg.reason, "loginprobe.reason": msg.reason,
+            "loginprobe.step": msg.step, "loginprobe.session.phase": msg.session.phase})
+        if msg.hint:
+            attributes["loginprobe.hint"] = msg.hint
+        return ReadableSpan(
+            name=f"session {msg.protocol}",
+            context=SpanContext(trace_id, _span_id(), is_remote=False, trace_flags=_SAMPLED),
+            parent=None, resource=resource, attributes=attributes, kind=SpanKind.CLIENT,
+            instrumentation_scope=_SCOPE,
+            status=Status(StatusCode.ERROR, msg.message or msg.reason),
+            start_time=end - msg.session.session_ns, end_time=end)
+
+    def _reconnect(self, trace_id: int, resource: Resource, msg: ResultView) -> ReadableSpan:
+        """From a held session's drop to logged in again, over every attempt between."""
+        end = msg.started_at_unix_nano + msg.duration_ns
+        attributes = self._session_attributes(msg)
+        attributes["loginprobe.session.attempts"] = msg.session.attempts
+        attributes["loginprobe.session.resumed"] = int(msg.session.resumed)
+        return ReadableSpan(
+            name=f"reconnect {msg.protocol}",
+            context=SpanContext(trace_id, _span_id(), is_remote=False, trace_flags=_SAMPLED),
+            parent=None, resource=resource, attributes=attributes, kind=SpanKind.CLIENT,
+            instrumentation_scope=_SCOPE, status=Status(StatusCode.UNSET),
+            start_time=end - msg.session.downtime_ns, end_time=end)
 
     def collect(self) -> Iterator[Metric]:
         dropped = CounterMetricFamily(

@@ -17,11 +17,13 @@ from prometheus_client.core import (
     CounterMetricFamily,
     Exemplar,
     GaugeMetricFamily,
+    HistogramMetricFamily,
     Metric,
 )
 from prometheus_client.exposition import ThreadingWSGIServer, choose_encoder
 from prometheus_client.registry import Collector
 
+from loginprobe.codec import NOT_ATTEMPTS
 from loginprobe.collector.ingest import Accepted, FleetState
 from loginprobe.contract import NETWORK_TYPES, PHASES
 
@@ -144,6 +146,8 @@ class ResultMetrics:
                 self._cache[agent] = {}
             cache = self._cache[agent]
             for msg in batch.results:  # protobufs as they came: no decoding on this path
+                if msg.session.kind in NOT_ATTEMPTS:  # a held session's (SessionMetrics)
+                    continue
                 labels = msg.labels
                 # The protocol follows from the URL; map lookups cost ~0.3 µs each in upb,
                 # so a result without labels of its own skips them.
@@ -438,3 +442,134 @@ def serve_metrics(
 class _Quiet(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """Scrapes are not news."""
+
+
+# Seconds from a drop to logged in again: a quick reconnect, the backoff's steps, its cap.
+RECONNECT_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
+                     600.0)
+_RECONNECT_NS = tuple(round(b * 1e9) for b in RECONNECT_BUCKETS)
+_SESSION = ("check", "protocol", "target", "agent", "region", "carrier", "network_type")
+# Drop counters made at 0 when a session logs in (with its histograms): a counter born at 1
+# loses its first drop to rate() and increase(). The reasons a held session usually ends with.
+SEEDED_DROP_REASONS = ("keepalive_timeout", "tcp_reset", "session_closed", "server_unavailable")
+
+
+class _Plain:
+    """Counts per bucket and a sum, in ns (no exemplars: a round trip has no trace)."""
+
+    __slots__ = ("bounds", "counts", "total_ns")
+
+    def __init__(self, bounds: tuple[int, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.total_ns = 0
+
+    def observe(self, ns: int) -> None:
+        self.counts[bisect.bisect_left(self.bounds, ns)] += 1
+        self.total_ns += ns
+
+
+class SessionMetrics(Collector):
+    """A sink of held sessions' events (CONTRACT.md section 6) and a Prometheus collector of
+    their metrics. Events are few (a login, a drop, a reconnect, a keepalive event a minute
+    per session), so this keeps plain dicts and renders with prometheus_client. Series not
+    fed for series_ttl are removed, as in ResultMetrics."""
+
+    def __init__(self, fleet: FleetState, series_ttl: float = 3600.0) -> None:
+        self.fleet = fleet
+        self.series_ttl = series_ttl
+        self._lock = threading.Lock()
+        self._seen: dict[tuple[str, ...], float] = {}  # series key -> last fed (monotonic)
+        self._up: dict[tuple[str, ...], int] = {}
+        self._drops: dict[tuple[str, ...], dict[str, int]] = {}
+        self._reconnect: dict[tuple[str, ...], _Plain] = {}  # keyed without agent
+        self._rtt: dict[tuple[str, ...], _Plain] = {}
+
+    def write(self, batch: Accepted) -> None:
+        claimed = self.fleet.labels.get(batch.agent, {})
+        now = time.monotonic()
+        with self._lock:
+            for msg in batch.results:
+                event = msg.session
+                kind = event.kind
+                if not kind:
+                    continue
+                labels = {**claimed, **msg.labels, **batch.fixed_labels}
+                key = (msg.check, msg.protocol, msg.url, batch.agent, *_path(labels))
+                where = (*key[:3], *key[4:])
+                self._seen[key] = now
+                if kind in ("login", "reconnect"):
+                    self._up[key] = int(msg.success)
+                    if msg.success:
+                        # Series from 0 at the login: a series born with its first
+                        # observations in it loses them to rate() and increase().
+                        drops = self._drops.setdefault(key, {})
+                        for reason in SEEDED_DROP_REASONS:
+                            drops.setdefault(reason, 0)
+                        if where not in self._rtt:
+                            self._rtt[where] = _Plain(_BOUNDS_NS)
+                        if where not in self._reconnect:
+                            self._reconnect[where] = _Plain(_RECONNECT_NS)
+                    if kind == "reconnect" and msg.success and event.downtime_ns:
+                        h = self._reconnect.get(where)
+                        if h is None:
+                            h = self._reconnect[where] = _Plain(_RECONNECT_NS)
+                        h.observe(event.downtime_ns)
+                elif kind == "drop":
+                    self._up[key] = 0
+                    drops = self._drops.setdefault(key, {})
+                    drops[msg.reason] = drops.get(msg.reason, 0) + 1
+                elif kind == "keepalive":
+                    self._up[key] = 1
+                    h = self._rtt.get(where)
+                    if h is None:
+                        h = self._rtt[where] = _Plain(_BOUNDS_NS)
+                    for ns in event.keepalive_rtt_ns:
+                        h.observe(ns)
+
+    def close(self) -> None:
+        """Nothing to flush."""
+
+    def _prune(self) -> None:
+        horizon = time.monotonic() - self.series_ttl
+        for key in [k for k, t in self._seen.items() if t < horizon]:
+            del self._seen[key]
+            self._up.pop(key, None)
+            self._drops.pop(key, None)
+        live = {(*k[:3], *k[4:]) for k in self._seen}
+        for table in (self._reconnect, self._rtt):
+            for where in [w for w in table if w not in live]:
+                del table[where]
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            self._prune()
+            up = list(self._up.items())
+            drops = [(k, list(d.items())) for k, d in self._drops.items()]
+            reconnect = [(k, h.counts[:], h.total_ns) for k, h in self._reconnect.items()]
+            rtt = [(k, h.counts[:], h.total_ns) for k, h in self._rtt.items()]
+        up_family = GaugeMetricFamily(
+            "loginprobe_session_up", "1 while the held session is logged in, else 0.",
+            labels=list(_SESSION))
+        for key, value in up:
+            up_family.add_metric(list(key), value)
+        drop_family = CounterMetricFamily(
+            "loginprobe_session_drops", "Held sessions that dropped, by reason.",
+            labels=[*_SESSION, "reason"])
+        for key, by_reason in drops:
+            for reason, n in by_reason:
+                drop_family.add_metric([*key, reason], n)
+        yield from (up_family, drop_family)
+        for name, text, table, bounds in (
+                ("loginprobe_session_reconnect_duration_seconds",
+                 "From a held session's drop to logged in again.", reconnect, RECONNECT_BUCKETS),
+                ("loginprobe_keepalive_rtt_seconds",
+                 "Round trip of a held session's keepalive.", rtt, BUCKETS)):
+            family = HistogramMetricFamily(name, text, labels=list(_WHERE))
+            for where, counts, total_ns in table:
+                running, buckets = 0, []
+                for le, n in zip((*map(str, bounds), "+Inf"), counts, strict=True):
+                    running += n
+                    buckets.append((le, float(running)))
+                family.add_metric(list(where), buckets, total_ns / 1e9)
+            yield family

@@ -3,6 +3,7 @@ gives back each agent's high-water mark, so a restarted collector counts no repl
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -42,7 +43,9 @@ class ResultsLog:
         agent = json.dumps(batch.agent)
         self._file.write("".join(
             f'{{"agent": {agent}, "seq": {r.seq}, "check": {json.dumps(r.check)}, '
-            f'"result": {json.dumps(r.result.to_dict())}}}\n'
+            f'"result": {json.dumps(r.result.to_dict())}'
+            + (f', "session": {json.dumps(dataclasses.asdict(r.session))}' if r.session else "")
+            + "}\n"
             for r in batch.reports()
         ))
         # A flush reaches the kernel, which is what survives kill -9; fsync would only add
