@@ -500,7 +500,7 @@ def test_the_example_config_is_valid(tmp_path: Path, pki: PKI) -> None:
     loaded = load_config(tmp_path / "collector.yaml")
     assert [a.id for a in loaded.agents] == ["paris-orange-4g", "paris-office", "old-laptop"]
     assert [c.name for c in loaded.config.checks] == [
-        "chat-login", "broker-login-eu-cellular", "matrix-login"]
+        "chat-login", "chat-login-websocket", "broker-login-eu-cellular", "matrix-login"]
 
 
 def test_invalid_agents_file_names_that_file(tmp_path: Path) -> None:
