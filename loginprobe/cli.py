@@ -190,6 +190,7 @@ def _duration(flag: str, text: str) -> float:
 
 def run_session_command(args: argparse.Namespace) -> int:
     from loginprobe.agent.sessions import MAX_KEEPALIVE, run_session
+    from loginprobe.protocols import BY_NAME, HOLDS_ONLY
 
     target, options = _target_and_options(args)
     hold = _duration("--hold", args.hold) if args.hold is not None else None
@@ -200,8 +201,8 @@ def run_session_command(args: argparse.Namespace) -> int:
             "servers accept (MQTT's 16-bit keepalive field; XMPP servers time idle streams out "
             "sooner)"
         )
-    if target.protocol not in ("xmpp", "mqtt", "xmpp+ws", "mqtt+ws"):
-        raise UsageError(f"{args.url}: sessions are held for XMPP and MQTT logins only")
+    if not BY_NAME[target.protocol].holds:
+        raise UsageError(f"{args.url}: sessions are held only for {HOLDS_ONLY}")
     if args.no_resume:
         options = dataclasses.replace(options, stream_management=False)
     return run_session(target, options, hold, keepalive, as_json=args.json)

@@ -35,6 +35,9 @@ class Protocol:
     well_known_ports: tuple[int, ...] = ()
     # The path a URL without one gets; "" where the protocol discovers it (XEP-0156).
     default_path: str = "/"
+    # A held session (`loginprobe session`, checks with mode: session) can keep its login with
+    # the protocol's own keepalive.
+    holds: bool = False
 
 
 PROTOCOLS: tuple[Protocol, ...] = (
@@ -43,13 +46,14 @@ PROTOCOLS: tuple[Protocol, ...] = (
         (Scheme("xmpp", "starttls", 5222, "_xmpp-client._tcp"),
          Scheme("xmpps", "direct", 5223, "_xmpps-client._tcp")),
         probe="xmpp", query={"host": None}, needs_user=True, domain_is_host=True,
-        well_known_ports=(5222, 5223, 443),
+        well_known_ports=(5222, 5223, 443), holds=True,
     ),
     Protocol(
         "mqtt",
         (Scheme("mqtt", "none", 1883), Scheme("mqtts", "direct", 8883)),
         probe="mqtt", query={"version": ("3.1.1", "5"), "client_id": None},
         query_names={"version": "MQTT version"}, well_known_ports=(1883, 8883, 443),
+        holds=True,
     ),
     Protocol(
         "http",
@@ -71,14 +75,14 @@ PROTOCOLS: tuple[Protocol, ...] = (
     Protocol(
         "xmpp+ws",
         (Scheme("xmpp+ws", "none", 80), Scheme("xmpp+wss", "direct", 443)),
-        probe="xmpp_ws", needs_user=True, domain_is_host=True, default_path="",
+        probe="xmpp_ws", needs_user=True, domain_is_host=True, default_path="", holds=True,
     ),
     # MQTT over WebSocket (subprotocol "mqtt"), with mqtt://'s options.
     Protocol(
         "mqtt+ws",
         (Scheme("mqtt+ws", "none", 80), Scheme("mqtt+wss", "direct", 443)),
         probe="mqtt_ws", query={"version": ("3.1.1", "5"), "client_id": None},
-        query_names={"version": "MQTT version"}, default_path="/mqtt",
+        query_names={"version": "MQTT version"}, default_path="/mqtt", holds=True,
     ),
 )
 
@@ -87,3 +91,7 @@ BY_NAME: dict[str, Protocol] = {p.name: p for p in PROTOCOLS}
 SCHEMES: dict[str, tuple[Protocol, Scheme]] = {
     s.name: (p, s) for p in PROTOCOLS for s in p.schemes
 }
+
+# What a refused held session says: the protocols that keep a connection.
+HOLDS_ONLY = ("XMPP and MQTT logins, also over WebSocket ("
+              + ", ".join(s.name + "://" for p in PROTOCOLS if p.holds for s in p.schemes) + ")")

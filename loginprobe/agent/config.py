@@ -16,6 +16,7 @@ from pydantic import ValidationInfo as Info
 from loginprobe.address import split_host_port
 from loginprobe.config import CAFile, Resolver, Seconds, Strict, TargetURL, is_loopback, load
 from loginprobe.contract import NetworkType
+from loginprobe.protocols import BY_NAME, HOLDS_ONLY
 from loginprobe.target import parse_target
 
 _SIZES = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9,
@@ -273,7 +274,6 @@ class AgentConfig(Strict):
 
 # MQTT's keepalive is a 16-bit number of seconds; XMPP servers time idle streams out sooner.
 MAX_KEEPALIVE = 65535.0
-HOLDABLE = ("xmpp", "mqtt")
 
 
 def check_mode(url: str, mode: str, keepalive: float) -> None:
@@ -282,8 +282,8 @@ def check_mode(url: str, mode: str, keepalive: float) -> None:
         raise ValueError(f"mode {mode!r}: expected login or session")
     if mode != "session":
         return
-    if parse_target(url).protocol not in HOLDABLE:
-        raise ValueError(f"{url}: mode: session holds XMPP and MQTT logins only")
+    if not BY_NAME[parse_target(url).protocol].holds:
+        raise ValueError(f"{url}: mode: session holds only {HOLDS_ONLY}")
     if not 0 < keepalive <= MAX_KEEPALIVE:
         raise ValueError(f"keepalive {keepalive:g}s: give one between 0 and "
                          f"{MAX_KEEPALIVE:g} seconds (MQTT's limit)")
