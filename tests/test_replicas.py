@@ -59,8 +59,10 @@ def test_agents_moving_between_replicas_neither_double_nor_gap(
     def place(name: str, collector: Collector) -> None:
         if name in running:
             running[name].stop()
-        running[name] = Agent(tmp_path / name, collector, token=tokens[name][0], labels=LABELS,
-                              passwords={"pw": {"file": str(tmp_path / secret[name])}}).start()
+        agent = Agent(tmp_path / name, collector, token=tokens[name][0], labels=LABELS,
+                      passwords={"pw": {"file": str(tmp_path / secret[name])}})
+        running[name] = agent
+        agent.start()
 
     sel = f'check="{CHECK}"'
     targets = [str(c.settings["metrics_listen"]) for c in collectors]

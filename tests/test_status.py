@@ -103,3 +103,13 @@ async def test_a_real_collector_serves_the_page(tmp_path: Path) -> None:
     finally:
         await stream.close()
         c.stop()
+
+
+def test_the_grid_counts_every_attempt_of_the_last_hour_and_the_fleet_its_versions() -> None:
+    fleet = FleetState(connected={"a1": {}}, versions={"a1": "0.1.0"},
+                       connected_since={"a1": 1_764_000_000.0})
+    store = StatusStore(fleet, max_attempts=3)  # keeps 3 attempts, counts all 20
+    store.write(Accepted("a1", {}, [attempt(i + 1, i % 4 != 0) for i in range(20)]))
+    _, html = render(store)
+    assert "success 75.0% of 20, median 21." in html  # 21.4 ms to within 2%
+    assert "0.1.0" in html and "yes since 2025-11-24 16:00:00 UTC" in html
