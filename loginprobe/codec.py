@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from loginprobe.contract import Reason
-from loginprobe.result import DNSInfo, NetworkContext, Phase, Result, TLSInfo
+from loginprobe.result import DNSInfo, NetworkContext, Phase, Result, TLSInfo, TranscriptLine
 from loginprobe.wire import collector_pb2 as pb
 
 
@@ -52,6 +52,22 @@ class TLSView(Protocol):
     def not_after_unix(self) -> int: ...
 
 
+class TranscriptView(Protocol):
+    """A transcript line as received."""
+
+    @property
+    def offset_ns(self) -> int: ...
+    @property
+    def direction(self) -> str: ...
+    @property
+    def text(self) -> str: ...
+
+
+# A failed attempt's transcript on the wire, at most this many lines (a hostile server
+# that talks forever must not make results large).
+MAX_TRANSCRIPT_LINES = 200
+
+
 class ResultView(Protocol):
     """A received result read in place, without decoding it into a Report (~30 µs a result):
     the exporters' hot path. The wire messages are one implementation; the exporters see
@@ -91,6 +107,8 @@ class ResultView(Protocol):
     def tls(self) -> TLSView: ...
     @property
     def clock_offset_ns(self) -> int: ...
+    @property
+    def transcript(self) -> Sequence[TranscriptView]: ...
 
 
 def view_bytes(view: ResultView) -> bytes:
@@ -133,6 +151,9 @@ def to_wire(report: Report) -> pb.ProbeResult:
         clock_offset_ns=report.clock_offset_ns,
         labels=report.labels,
         findings=r.findings,
+        transcript=[] if r.success else [
+            pb.TranscriptLine(offset_ns=t.offset_ns, direction=t.direction, text=t.text)
+            for t in r.transcript[:MAX_TRANSCRIPT_LINES]],
     )
     if r.tls:
         t = r.tls
@@ -270,6 +291,7 @@ def from_wire(msg: pb.ProbeResult) -> Report:
         dns=dns,
         network=network,
         findings=list(msg.findings),
+        transcript=[TranscriptLine(t.offset_ns, t.direction, t.text) for t in msg.transcript],
     )
     return Report(
         result=result,

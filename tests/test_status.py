@@ -113,3 +113,15 @@ def test_the_grid_counts_every_attempt_of_the_last_hour_and_the_fleet_its_versio
     _, html = render(store)
     assert "success 75.0% of 20, median 21." in html  # 21.4 ms to within 2%
     assert "0.1.0" in html and "yes since 2025-11-24 16:00:00 UTC" in html
+
+
+def test_a_failed_attempt_shows_its_redacted_transcript() -> None:
+    store = StatusStore(FleetState(), max_attempts=3)
+    failed = attempt(1, False, "SASL failure: not-authorized")
+    failed.transcript.add(offset_ns=1_000_000, direction=">",
+                          text="<auth mechanism='PLAIN'>(redacted)</auth>")
+    failed.transcript.add(offset_ns=2_000_000, direction="<", text=f"<failure>{HOSTILE}")
+    store.write(Accepted("a1", {}, [failed]))
+    _, detail = render(store, "check=xmpp-login&agent=a1&path=wifi")
+    assert "transcript" in detail and "(redacted)" in detail
+    assert "&lt;failure&gt;&lt;script&gt;" in detail and "<script" not in detail

@@ -353,6 +353,10 @@ class StatusPage:
                         f"<span class='{bar}' style='left:{left:.0f}px;width:{width:.0f}px'>"
                         f"</span></div></td><td><pre>{escape(p.message)}</pre></td></tr>")
         rows.append("</table>")
+        if a.transcript:  # failed attempts carry theirs, credentials already <redacted>
+            lines = "\n".join(f"{t.offset_ns / 1e6:9.3f} ms {t.direction} {t.text}"
+                              for t in a.transcript)
+            rows.append(f"<p>transcript</p><pre class='transcript'>{escape(lines)}</pre>")
         return "".join(rows)
 
 

@@ -124,7 +124,7 @@ class Ack(_message.Message):
     def __init__(self, seq: _Optional[int] = ...) -> None: ...
 
 class ProbeResult(_message.Message):
-    __slots__ = ("seq", "check", "url", "protocol", "success", "reason", "step", "message", "hint", "started_at_unix_nano", "duration_ns", "resolved_address", "phases", "tls", "dns", "trace_id", "clock_offset_ns", "labels", "network", "findings")
+    __slots__ = ("seq", "check", "url", "protocol", "success", "reason", "step", "message", "hint", "started_at_unix_nano", "duration_ns", "resolved_address", "phases", "tls", "dns", "trace_id", "clock_offset_ns", "labels", "network", "findings", "transcript")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -152,6 +152,7 @@ class ProbeResult(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     FINDINGS_FIELD_NUMBER: _ClassVar[int]
+    TRANSCRIPT_FIELD_NUMBER: _ClassVar[int]
     seq: int
     check: str
     url: str
@@ -172,7 +173,18 @@ class ProbeResult(_message.Message):
     labels: _containers.ScalarMap[str, str]
     network: NetworkContext
     findings: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, seq: _Optional[int] = ..., check: _Optional[str] = ..., url: _Optional[str] = ..., protocol: _Optional[str] = ..., success: _Optional[bool] = ..., reason: _Optional[str] = ..., step: _Optional[str] = ..., message: _Optional[str] = ..., hint: _Optional[str] = ..., started_at_unix_nano: _Optional[int] = ..., duration_ns: _Optional[int] = ..., resolved_address: _Optional[str] = ..., phases: _Optional[_Iterable[_Union[Phase, _Mapping]]] = ..., tls: _Optional[_Union[TLSInfo, _Mapping]] = ..., dns: _Optional[_Union[DNSInfo, _Mapping]] = ..., trace_id: _Optional[bytes] = ..., clock_offset_ns: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., network: _Optional[_Union[NetworkContext, _Mapping]] = ..., findings: _Optional[_Iterable[str]] = ...) -> None: ...
+    transcript: _containers.RepeatedCompositeFieldContainer[TranscriptLine]
+    def __init__(self, seq: _Optional[int] = ..., check: _Optional[str] = ..., url: _Optional[str] = ..., protocol: _Optional[str] = ..., success: _Optional[bool] = ..., reason: _Optional[str] = ..., step: _Optional[str] = ..., message: _Optional[str] = ..., hint: _Optional[str] = ..., started_at_unix_nano: _Optional[int] = ..., duration_ns: _Optional[int] = ..., resolved_address: _Optional[str] = ..., phases: _Optional[_Iterable[_Union[Phase, _Mapping]]] = ..., tls: _Optional[_Union[TLSInfo, _Mapping]] = ..., dns: _Optional[_Union[DNSInfo, _Mapping]] = ..., trace_id: _Optional[bytes] = ..., clock_offset_ns: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., network: _Optional[_Union[NetworkContext, _Mapping]] = ..., findings: _Optional[_Iterable[str]] = ..., transcript: _Optional[_Iterable[_Union[TranscriptLine, _Mapping]]] = ...) -> None: ...
+
+class TranscriptLine(_message.Message):
+    __slots__ = ("offset_ns", "direction", "text")
+    OFFSET_NS_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    offset_ns: int
+    direction: str
+    text: str
+    def __init__(self, offset_ns: _Optional[int] = ..., direction: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
 
 class NetworkContext(_message.Message):
     __slots__ = ("path", "interface", "network_type", "ssid", "signal_dbm", "source_address", "carrier", "asn")
