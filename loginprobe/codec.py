@@ -63,9 +63,10 @@ class TranscriptView(Protocol):
     def text(self) -> str: ...
 
 
-# A failed attempt's transcript on the wire, at most this many lines (a hostile server
-# that talks forever must not make results large).
+# A failed attempt's transcript on the wire, at most this many lines and characters (a
+# hostile server that talks forever must not make results large).
 MAX_TRANSCRIPT_LINES = 200
+MAX_TRANSCRIPT_CHARS = 8192
 
 
 class ResultView(Protocol):
@@ -121,6 +122,27 @@ def view_from_bytes(data: bytes) -> ResultView:
     return pb.ProbeResult.FromString(data)
 
 
+def view_without_transcript(data: bytes) -> bytes:
+    """A kept result's wire bytes with its transcript dropped (for an older attempt)."""
+    msg = pb.ProbeResult.FromString(data)
+    del msg.transcript[:]
+    return msg.SerializeToString()
+
+
+def _transcript(lines: Sequence[TranscriptLine]) -> list[pb.TranscriptLine]:
+    """The transcript as sent: the first lines up to the limits, then one line saying so."""
+    out: list[pb.TranscriptLine] = []
+    left = MAX_TRANSCRIPT_CHARS
+    for t in lines:
+        if len(out) == MAX_TRANSCRIPT_LINES or len(t.text) > left:
+            out.append(pb.TranscriptLine(offset_ns=t.offset_ns, direction="*",
+                                         text=f"... ({len(lines) - len(out)} more lines)"))
+            break
+        out.append(pb.TranscriptLine(offset_ns=t.offset_ns, direction=t.direction, text=t.text))
+        left -= len(t.text)
+    return out
+
+
 def to_wire(report: Report) -> pb.ProbeResult:
     r = report.result
     msg = pb.ProbeResult(
@@ -151,9 +173,7 @@ def to_wire(report: Report) -> pb.ProbeResult:
         clock_offset_ns=report.clock_offset_ns,
         labels=report.labels,
         findings=r.findings,
-        transcript=[] if r.success else [
-            pb.TranscriptLine(offset_ns=t.offset_ns, direction=t.direction, text=t.text)
-            for t in r.transcript[:MAX_TRANSCRIPT_LINES]],
+        transcript=[] if r.success else _transcript(r.transcript),
     )
     if r.tls:
         t = r.tls

@@ -13,7 +13,7 @@ from loginprobe.codec import Report, to_wire
 from loginprobe.collector.ingest import Accepted, FleetState
 from loginprobe.collector.status import StatusPage, StatusStore
 from loginprobe.contract import Reason
-from loginprobe.result import Phase, Result
+from loginprobe.result import Phase, Result, TranscriptLine
 from loginprobe.wire import collector_pb2 as pb
 from tests.test_collector import Stream
 
@@ -125,3 +125,20 @@ def test_a_failed_attempt_shows_its_redacted_transcript() -> None:
     _, detail = render(store, "check=xmpp-login&agent=a1&path=wifi")
     assert "transcript" in detail and "(redacted)" in detail
     assert "&lt;failure&gt;&lt;script&gt;" in detail and "<script" not in detail
+
+
+def test_only_the_newest_attempt_keeps_its_transcript_and_the_wire_caps_it() -> None:
+    store = StatusStore(FleetState(), max_attempts=3)
+    for seq in (1, 2):
+        failed = attempt(seq, False, "SASL failure: not-authorized")
+        failed.transcript.add(offset_ns=seq, direction="<", text=f"<failure seq={seq}/>")
+        store.write(Accepted("a1", {}, [failed]))
+    _, detail = render(store, "check=xmpp-login&agent=a1&path=wifi")
+    assert "seq=2" in detail and "seq=1" not in detail
+
+    r = Result(url="xmpp://alice@xmpp.test:5222", protocol="xmpp", success=False,
+               reason=Reason.PROTOCOL_ERROR, message="chatty", started_at=datetime.now(UTC),
+               duration_ns=1, phases=[],
+               transcript=[TranscriptLine(i, "<", "x" * 100) for i in range(300)])
+    sent = to_wire(Report(r, 1, "c", os.urandom(16))).transcript
+    assert len(sent) == 82 and sent[-1].text == "... (219 more lines)"  # 8,192 characters

@@ -19,7 +19,7 @@ from sys import intern
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
-from loginprobe.codec import ResultView, view_bytes, view_from_bytes
+from loginprobe.codec import ResultView, view_bytes, view_from_bytes, view_without_transcript
 from loginprobe.collector.ingest import Accepted, FleetState
 
 log = logging.getLogger(__name__)
@@ -40,12 +40,19 @@ class Attempt:
     success: bool
     reason: str
     wire: bytes
+    transcript: bool = False  # the wire bytes hold a (failed attempt's) transcript
 
     @classmethod
     def of(cls, msg: ResultView) -> Attempt:
         # Interned: the reason repeats in every attempt kept.
         return cls(msg.started_at_unix_nano, msg.duration_ns, msg.success,
-                   intern(msg.reason), view_bytes(msg))
+                   intern(msg.reason), view_bytes(msg), bool(msg.transcript))
+
+    def without_transcript(self) -> Attempt:
+        """Only the newest attempt of a series keeps its transcript: a long outage must not
+        fill memory with transcripts."""
+        return Attempt(self.started_ns, self.duration_ns, self.success, self.reason,
+                       view_without_transcript(self.wire))
 
     def full(self) -> ResultView:
         return view_from_bytes(self.wire)
@@ -140,6 +147,8 @@ class StatusStore:
                 if series is None:
                     series = self.series[key] = Series(deque(maxlen=self.max_attempts))
                 attempt = Attempt.of(msg)
+                if series.attempts and series.attempts[-1].transcript:
+                    series.attempts[-1] = series.attempts[-1].without_transcript()
                 series.attempts.append(attempt)
                 hour = self.hours.get((key[0], key[2]))
                 if hour is None:
