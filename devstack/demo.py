@@ -20,7 +20,16 @@ import urllib.request
 from pathlib import Path
 
 from devstack.certs import PKI
-from devstack.fleet import ROOT, Agent, Collector, collector_config, new_token, wait_for
+from devstack.fleet import (
+    LOOPBACK,
+    ROOT,
+    Agent,
+    Collector,
+    collector_config,
+    free_port,
+    new_token,
+    wait_for,
+)
 from devstack.prometheus import prometheus, query
 from devstack.servers import Servers
 from devstack.synapse import Synapse
@@ -96,15 +105,18 @@ def toggle_password_on_enter(g: Servers, prom: str) -> None:
         g.set_password("changed-" + secrets.token_hex(6) if broken else original)
         now = time.strftime("%H:%M:%S")
         if broken:
-            print(f"{now} broken: LoginFailureRateHigh fires for eu-west/carrier-a/wifi (two "
-                  f"agents agree) in about 2-3 minutes at {prom}/alerts", flush=True)
+            print(f"{now} broken: LoginDown fires for each check (every agent fails) in "
+                  "under a minute, LoginFailureRateHigh for eu-west/carrier-a/wifi (two agents "
+                  f"agree) in about 2 minutes, at {prom}/alerts; the status page shows the "
+                  "failures and their transcripts now", flush=True)
         else:
-            print(f"{now} restored: the alert resolves about 4 minutes later, when the "
-                  "failures leave its 5m window", flush=True)
+            print(f"{now} restored: LoginDown resolves within seconds, LoginFailureRateHigh "
+                  "about 4 minutes later, when the failures leave its 5m window", flush=True)
 
 
-def stack(g: Servers, loginprobe: str) -> None:
-    """Collector, agents and Prometheus until Ctrl-C (or SIGTERM)."""
+def stack(g: Servers, loginprobe: str, metrics_listen: str) -> None:
+    """Collector (its /metrics and status page on metrics_listen), agents and Prometheus
+    until Ctrl-C (or SIGTERM)."""
     folder = g.tmpdir / "stack"  # removed with the servers' folder on exit
     os.environ[PASSWORD_ENV] = g.password  # inherited by the agents, nowhere written
     pki = PKI(folder / "pki", ca_name="loginprobe Demo CA")
@@ -121,6 +133,7 @@ def stack(g: Servers, loginprobe: str) -> None:
             {"name": "https-alice",
              "url": f"https://alice@http.test:{g.https_port}/api/login?auth=json", **servers},
         ],
+        metrics_listen=metrics_listen,
     )
     collector = Collector(folder / "collector", settings, pki)
     agents = [Agent(folder / name, collector, token=tokens[name][0], labels=labels,
@@ -141,9 +154,9 @@ def stack(g: Servers, loginprobe: str) -> None:
             pw_file.chmod(0o600)
             lp = shlex.quote(loginprobe)
             lines = [
+                f"status      http://{settings['metrics_listen']}/status   (loopback only)",
                 f"collector   {collector.address}  gRPC, TLS (CA {pki.ca_file}), bearer tokens",
                 f"            {collector.metrics_url}",
-                f"status      http://{settings['metrics_listen']}/status   (loopback only)",
                 *(f"agent       http://{a.listen}/healthz   {a.folder.name}: "
                   + " ".join(f"{k}={v}" for k, v in AGENTS[a.folder.name].items())
                   for a in agents),
@@ -197,12 +210,17 @@ def main() -> int:
         signal.signal(sig, signal.default_int_handler)
     loginprobe = str(Path(sys.executable).with_name("loginprobe"))
     try:
+        # The status page's address first: it is where an operator looks.
+        metrics_listen = f"{LOOPBACK}:{free_port()}"
+        if not args.checks_only:
+            print(f"status page http://{metrics_listen}/status   (up once the servers and the "
+                  "walkthrough below are done)", flush=True)
         with Servers() as g, Synapse(g) as hs:
             walkthrough(g, hs, loginprobe)
             if args.checks_only:
                 print(f"\nThe servers' configs and logs are in {g.tmpdir} until this exits.")
                 return 0
-            stack(g, loginprobe)
+            stack(g, loginprobe, metrics_listen)
     except KeyboardInterrupt:
         pass
     return 0

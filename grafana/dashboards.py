@@ -374,7 +374,9 @@ def check_detail() -> Json:
         ], "agent", units={"Value #A": "percentunit", "Value #B": "short", "Value #C": "short"},
             rename={"Value #A": "success rate", "Value #B": "attempts", "Value #C": "failures"}),
         table(24, "Certificate per agent", grid(0, 30, 12, 7), [
-            target(f"(({cert} > 0) - time()) / 86400", ref="A", table=True),
+            # min by: one row per agent, whichever collector replica holds it.
+            target(f"min by (check, target, agent) (({cert} > 0) - time()) / 86400", ref="A",
+                   table=True),
         ], "agent", units={"Value": "d"}, rename={"Value": "days left"}),
         table(25, "Failures by reason and step over the time range", grid(12, 30, 12, 7), [
             target("sort_desc(" + with_step(f"sum by (reason) (increase({fail}[$__range]))")

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from loginprobe.contract import Reason
-from loginprobe.result import DNSInfo, NetworkContext, Phase, Result, TLSInfo
+from loginprobe.result import DNSInfo, NetworkContext, Phase, Result, TLSInfo, TranscriptLine
 from loginprobe.wire import collector_pb2 as pb
 
 
@@ -102,6 +102,23 @@ class SessionView(Protocol):
     def resume_ns(self) -> int: ...
 
 
+class TranscriptView(Protocol):
+    """A transcript line as received."""
+
+    @property
+    def offset_ns(self) -> int: ...
+    @property
+    def direction(self) -> str: ...
+    @property
+    def text(self) -> str: ...
+
+
+# A failed attempt's transcript on the wire, at most this many lines and characters (a
+# hostile server that talks forever must not make results large).
+MAX_TRANSCRIPT_LINES = 200
+MAX_TRANSCRIPT_CHARS = 8192
+
+
 class ResultView(Protocol):
     """A received result read in place, without decoding it into a Report (~30 µs a result):
     the exporters' hot path. The wire messages are one implementation; the exporters see
@@ -143,6 +160,8 @@ class ResultView(Protocol):
     def clock_offset_ns(self) -> int: ...
     @property
     def session(self) -> SessionView: ...
+    @property
+    def transcript(self) -> Sequence[TranscriptView]: ...
 
 
 def is_attempt(view: ResultView) -> bool:
@@ -159,6 +178,27 @@ def view_bytes(view: ResultView) -> bytes:
 
 def view_from_bytes(data: bytes) -> ResultView:
     return pb.ProbeResult.FromString(data)
+
+
+def view_without_transcript(data: bytes) -> bytes:
+    """A kept result's wire bytes with its transcript dropped (for an older attempt)."""
+    msg = pb.ProbeResult.FromString(data)
+    del msg.transcript[:]
+    return msg.SerializeToString()
+
+
+def _transcript(lines: Sequence[TranscriptLine]) -> list[pb.TranscriptLine]:
+    """The transcript as sent: the first lines up to the limits, then one line saying so."""
+    out: list[pb.TranscriptLine] = []
+    left = MAX_TRANSCRIPT_CHARS
+    for t in lines:
+        if len(out) == MAX_TRANSCRIPT_LINES or len(t.text) > left:
+            out.append(pb.TranscriptLine(offset_ns=t.offset_ns, direction="*",
+                                         text=f"... ({len(lines) - len(out)} more lines)"))
+            break
+        out.append(pb.TranscriptLine(offset_ns=t.offset_ns, direction=t.direction, text=t.text))
+        left -= len(t.text)
+    return out
 
 
 def to_wire(report: Report) -> pb.ProbeResult:
@@ -193,6 +233,7 @@ def to_wire(report: Report) -> pb.ProbeResult:
         clock_offset_ns=report.clock_offset_ns,
         labels=report.labels,
         findings=r.findings,
+        transcript=[] if r.success else _transcript(r.transcript),
     )
     if r.tls:
         t = r.tls
@@ -344,6 +385,7 @@ def from_wire(msg: pb.ProbeResult) -> Report:
         dns=dns,
         network=network,
         findings=list(msg.findings),
+        transcript=[TranscriptLine(t.offset_ns, t.direction, t.text) for t in msg.transcript],
     )
     session = None
     if msg.HasField("session"):

@@ -103,7 +103,7 @@ def test_every_alert_has_a_firing_and_a_quiet_case() -> None:
     alerts = {r["alert"] for r in alerting_rules()}
     assert alerts == {
         "LoginFailureRateHigh", "LoginSLOBurnRate", "AgentStoppedReporting",
-        "TLSCertificateExpiringSoon", "PhaseLatencyRegression",
+        "TLSCertificateExpiringSoon", "PhaseLatencyRegression", "LoginDown",
         "SessionDropRateRegression",
     }
     assert alerts - fires == set(), "alerts never seen firing in a test"

@@ -13,7 +13,7 @@ from loginprobe.codec import Report, to_wire
 from loginprobe.collector.ingest import Accepted, FleetState
 from loginprobe.collector.status import StatusPage, StatusStore
 from loginprobe.contract import Reason
-from loginprobe.result import Phase, Result
+from loginprobe.result import Phase, Result, TranscriptLine
 from loginprobe.wire import collector_pb2 as pb
 from tests.test_collector import Stream
 
@@ -103,3 +103,42 @@ async def test_a_real_collector_serves_the_page(tmp_path: Path) -> None:
     finally:
         await stream.close()
         c.stop()
+
+
+def test_the_grid_counts_every_attempt_of_the_last_hour_and_the_fleet_its_versions() -> None:
+    fleet = FleetState(connected={"a1": {}}, versions={"a1": "0.1.0"},
+                       connected_since={"a1": 1_764_000_000.0})
+    store = StatusStore(fleet, max_attempts=3)  # keeps 3 attempts, counts all 20
+    store.write(Accepted("a1", {}, [attempt(i + 1, i % 4 != 0) for i in range(20)]))
+    _, html = render(store)
+    assert "success 75.0% of 20, median 21." in html  # 21.4 ms to within 2%
+    assert "0.1.0" in html and "yes since 2025-11-24 16:00:00 UTC" in html
+
+
+def test_a_failed_attempt_shows_its_redacted_transcript() -> None:
+    store = StatusStore(FleetState(), max_attempts=3)
+    failed = attempt(1, False, "SASL failure: not-authorized")
+    failed.transcript.add(offset_ns=1_000_000, direction=">",
+                          text="<auth mechanism='PLAIN'>(redacted)</auth>")
+    failed.transcript.add(offset_ns=2_000_000, direction="<", text=f"<failure>{HOSTILE}")
+    store.write(Accepted("a1", {}, [failed]))
+    _, detail = render(store, "check=xmpp-login&agent=a1&path=wifi")
+    assert "transcript" in detail and "(redacted)" in detail
+    assert "&lt;failure&gt;&lt;script&gt;" in detail and "<script" not in detail
+
+
+def test_only_the_newest_attempt_keeps_its_transcript_and_the_wire_caps_it() -> None:
+    store = StatusStore(FleetState(), max_attempts=3)
+    for seq in (1, 2):
+        failed = attempt(seq, False, "SASL failure: not-authorized")
+        failed.transcript.add(offset_ns=seq, direction="<", text=f"<failure seq={seq}/>")
+        store.write(Accepted("a1", {}, [failed]))
+    _, detail = render(store, "check=xmpp-login&agent=a1&path=wifi")
+    assert "seq=2" in detail and "seq=1" not in detail
+
+    r = Result(url="xmpp://alice@xmpp.test:5222", protocol="xmpp", success=False,
+               reason=Reason.PROTOCOL_ERROR, message="chatty", started_at=datetime.now(UTC),
+               duration_ns=1, phases=[],
+               transcript=[TranscriptLine(i, "<", "x" * 100) for i in range(300)])
+    sent = to_wire(Report(r, 1, "c", os.urandom(16))).transcript
+    assert len(sent) == 82 and sent[-1].text == "... (219 more lines)"  # 8,192 characters

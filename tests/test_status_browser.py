@@ -92,6 +92,9 @@ def test_real_agents_and_a_broken_password_in_chromium(
         waterfall = page.inner_text("details[open]")
         assert "FAILED auth_rejected" in waterfall and "login" in waterfall
         assert "tls" in waterfall and "dns" in waterfall
+        # Its transcript, the SASL exchange shown redacted, the server's refusal as sent.
+        assert "transcript" in waterfall and "not-authorized" in waterfall
+        assert "(redacted)" in waterfall
         page.screenshot(path=str(SHOTS / "status-attempt.png"), full_page=True)
         html = page.content()
         assert servers.password not in html and tokens["wifi-1"][0] not in html

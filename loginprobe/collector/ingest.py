@@ -52,6 +52,8 @@ class FleetState:
     connected: dict[str, dict[str, str]] = field(default_factory=dict)  # agent -> labels
     labels: dict[str, dict[str, str]] = field(default_factory=dict)  # last seen, kept
     last_result: dict[str, float] = field(default_factory=dict)  # agent -> unix time
+    versions: dict[str, str] = field(default_factory=dict)  # agent -> its Hello's version
+    connected_since: dict[str, float] = field(default_factory=dict)  # agent -> unix time
 
     def reject(self, reason: str, count: int = 1) -> None:
         self.rejected[reason] += count

@@ -254,6 +254,8 @@ class CollectorService:
         self.sessions[session.agent] = session
         self.fleet.connected[session.agent] = session.labels
         self.fleet.labels[session.agent] = session.labels
+        self.fleet.versions[session.agent] = version[:64]
+        self.fleet.connected_since[session.agent] = time.time()
         log.info("agent %s (version %.32s) connected from %s with labels %s, %d checks",
                  session.agent, version, session.context.peer(), session.labels,
                  len(session.checks))

@@ -6,11 +6,11 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
+import math
 import os
-import statistics
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,7 +19,13 @@ from sys import intern
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
-from loginprobe.codec import ResultView, is_attempt, view_bytes, view_from_bytes
+from loginprobe.codec import (
+    ResultView,
+    is_attempt,
+    view_bytes,
+    view_from_bytes,
+    view_without_transcript,
+)
 from loginprobe.collector.ingest import Accepted, FleetState
 
 log = logging.getLogger(__name__)
@@ -40,12 +46,19 @@ class Attempt:
     success: bool
     reason: str
     wire: bytes
+    transcript: bool = False  # the wire bytes hold a (failed attempt's) transcript
 
     @classmethod
     def of(cls, msg: ResultView) -> Attempt:
         # Interned: the reason repeats in every attempt kept.
         return cls(msg.started_at_unix_nano, msg.duration_ns, msg.success,
-                   intern(msg.reason), view_bytes(msg))
+                   intern(msg.reason), view_bytes(msg), bool(msg.transcript))
+
+    def without_transcript(self) -> Attempt:
+        """Only the newest attempt of a series keeps its transcript: a long outage must not
+        fill memory with transcripts."""
+        return Attempt(self.started_ns, self.duration_ns, self.success, self.reason,
+                       view_without_transcript(self.wire))
 
     def full(self) -> ResultView:
         return view_from_bytes(self.wire)
@@ -57,6 +70,52 @@ class Series:
 
     attempts: deque[Attempt]
     failing_since: int = 0  # started_at of the first failure of the current run; 0: ok
+
+
+# Durations are counted for the median in buckets 2% wide (log scale): a median exact to
+# about 1%, in a few dozen counters per minute however many attempts there were.
+_STEP = math.log(1.02)
+
+
+@dataclass(slots=True)
+class Hour:
+    """One (check, path) over the last hour, every attempt counted, by minute: successes,
+    attempts and the durations' buckets. At most 61 minutes kept."""
+
+    minutes: dict[int, tuple[list[int], Counter[int]]] = field(default_factory=dict)
+
+    def add(self, started_ns: int, duration_ns: int, ok: bool) -> None:
+        minute = started_ns // 60_000_000_000
+        slot = self.minutes.get(minute)
+        if slot is None:
+            newest = max(self.minutes, default=minute)
+            if minute < newest - 60:
+                return  # a replayed result older than the hour
+            slot = self.minutes[minute] = ([0, 0], Counter())
+            for old in [m for m in self.minutes if m < max(newest, minute) - 60]:
+                del self.minutes[old]
+        slot[0][0] += ok
+        slot[0][1] += 1
+        slot[1][int(math.log(max(duration_ns, 1)) / _STEP)] += 1
+
+    def summary(self, now_ns: int) -> tuple[int, int, float | None]:
+        """(successes, attempts, median duration in ns) of the hour before now."""
+        since = (now_ns - HOUR_NS) // 60_000_000_000
+        ok = total = 0
+        buckets: Counter[int] = Counter()
+        for minute, (counts, durations) in list(self.minutes.items()):
+            if minute >= since:
+                ok += counts[0]
+                total += counts[1]
+                buckets.update(durations)
+        if not total:
+            return 0, 0, None
+        seen = 0
+        for bucket in sorted(buckets):
+            seen += buckets[bucket]
+            if seen * 2 >= total:
+                return ok, total, math.exp((bucket + 0.5) * _STEP)
+        return ok, total, None
 
 
 @dataclass(slots=True)
@@ -78,6 +137,7 @@ class StatusStore:
     agents: dict[str, AgentRow] = field(default_factory=dict)
     failures: deque[tuple[str, str, str, Attempt]] = field(
         default_factory=lambda: deque(maxlen=LATEST_FAILURES))
+    hours: dict[tuple[str, str], Hour] = field(default_factory=dict)  # (check, path)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def close(self) -> None:
@@ -95,7 +155,13 @@ class StatusStore:
                 if series is None:
                     series = self.series[key] = Series(deque(maxlen=self.max_attempts))
                 attempt = Attempt.of(msg)
+                if series.attempts and series.attempts[-1].transcript:
+                    series.attempts[-1] = series.attempts[-1].without_transcript()
                 series.attempts.append(attempt)
+                hour = self.hours.get((key[0], key[2]))
+                if hour is None:
+                    hour = self.hours[key[0], key[2]] = Hour()
+                hour.add(attempt.started_ns, attempt.duration_ns, attempt.success)
                 if msg.success:
                     series.failing_since = 0
                 else:
@@ -185,8 +251,9 @@ class StatusPage:
             agents = {a: (r.clock_offset_ns, r.last_ns, r.last_ok, r.last_check)
                       for a, r in store.agents.items()}
             failures = list(store.failures)
+            hours = {k: h.summary(now) for k, h in store.hours.items()}
         parts = [f"<p>rendered {escape(_when(now))}</p>", self._fleet(stats, agents)]
-        parts.append(self._grid(items, now))
+        parts.append(self._grid(items, hours))
         parts.append(self._failures(failures))
         return self._page("loginprobe status", parts)
 
@@ -197,10 +264,10 @@ class StatusPage:
         for name in names:
             labels = stats.connected.get(name) or stats.labels.get(name, {})
             offset, last, ok, check = agents.get(name, (0, 0, True, ""))
-            since = getattr(stats, "connected_since", {}).get(name)
+            since = stats.connected_since.get(name)
             connected = "yes" + (f" since {_when(int(since * 1e9))}" if since else "") \
                 if name in stats.connected else "no"
-            version = getattr(stats, "versions", {}).get(name, "")
+            version = stats.versions.get(name, "")
             labels_text = ", ".join(f"{k}={v}" for k, v in sorted(labels.items()))
             last_text = f"{_when(last)} {check} {'ok' if ok else 'failed'}" if last else "-"
             rows.append(f"<tr class='{'ok' if name in stats.connected else 'failing'}'>"
@@ -211,7 +278,7 @@ class StatusPage:
         return "".join(rows)
 
     def _grid(self, items: list[tuple[tuple[str, str, str], int, list[Attempt]]],
-              now: int) -> str:
+              hours: dict[tuple[str, str], tuple[int, int, float | None]]) -> str:
         """Checks down, network paths across; a cell sums its agents over the last hour."""
         cells: dict[tuple[str, str], list[tuple[str, int, list[Attempt]]]] = {}
         for (check, agent, path), since, attempts in items:
@@ -224,19 +291,19 @@ class StatusPage:
         for check in checks:
             out.append(f"<tr><th>{escape(check)}</th>")
             for path in paths:
-                out.append(self._cell(check, path, cells.get((check, path), []), now))
+                out.append(self._cell(check, path, cells.get((check, path), []),
+                                      hours.get((check, path), (0, 0, None))))
             out.append("</tr>")
         out.append("</table>")
         return "".join(out)
 
     def _cell(self, check: str, path: str, agents: list[tuple[str, int, list[Attempt]]],
-              now: int) -> str:
+              hour: tuple[int, int, float | None]) -> str:
         if not agents:
             return "<td class='none'>-</td>"
-        recent = [a for _, _, atts in agents for a in atts if now - a.started_ns < HOUR_NS]
-        ok = sum(a.success for a in recent)
-        ratio = f"{ok / len(recent):.1%}" if recent else "-"
-        median = _ms(statistics.median(a.duration_ns for a in recent)) if recent else "-"
+        ok, total, median_ns = hour
+        ratio = f"{ok / total:.1%} of {total}" if total else "-"
+        median = _ms(median_ns) if median_ns is not None else "-"
         failing = [(since, agent, atts[-1]) for agent, since, atts in agents if since and atts]
         lines = [f"{len(agents) - len(failing)}/{len(agents)} agents ok",
                  f"success {ratio}, median {median} (last hour)"]
@@ -303,6 +370,10 @@ class StatusPage:
                         f"<span class='{bar}' style='left:{left:.0f}px;width:{width:.0f}px'>"
                         f"</span></div></td><td><pre>{escape(p.message)}</pre></td></tr>")
         rows.append("</table>")
+        if a.transcript:  # failed attempts carry theirs, credentials already <redacted>
+            lines = "\n".join(f"{t.offset_ns / 1e6:9.3f} ms {t.direction} {t.text}"
+                              for t in a.transcript)
+            rows.append(f"<p>transcript</p><pre class='transcript'>{escape(lines)}</pre>")
         return "".join(rows)
 
 

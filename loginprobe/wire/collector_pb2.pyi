@@ -128,7 +128,7 @@ class Ack(_message.Message):
     def __init__(self, seq: _Optional[int] = ...) -> None: ...
 
 class ProbeResult(_message.Message):
-    __slots__ = ("seq", "check", "url", "protocol", "success", "reason", "step", "message", "hint", "started_at_unix_nano", "duration_ns", "resolved_address", "phases", "tls", "dns", "trace_id", "clock_offset_ns", "labels", "network", "findings", "session")
+    __slots__ = ("seq", "check", "url", "protocol", "success", "reason", "step", "message", "hint", "started_at_unix_nano", "duration_ns", "resolved_address", "phases", "tls", "dns", "trace_id", "clock_offset_ns", "labels", "network", "findings", "session", "transcript")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -157,6 +157,7 @@ class ProbeResult(_message.Message):
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     FINDINGS_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
+    TRANSCRIPT_FIELD_NUMBER: _ClassVar[int]
     seq: int
     check: str
     url: str
@@ -178,7 +179,8 @@ class ProbeResult(_message.Message):
     network: NetworkContext
     findings: _containers.RepeatedScalarFieldContainer[str]
     session: SessionEvent
-    def __init__(self, seq: _Optional[int] = ..., check: _Optional[str] = ..., url: _Optional[str] = ..., protocol: _Optional[str] = ..., success: _Optional[bool] = ..., reason: _Optional[str] = ..., step: _Optional[str] = ..., message: _Optional[str] = ..., hint: _Optional[str] = ..., started_at_unix_nano: _Optional[int] = ..., duration_ns: _Optional[int] = ..., resolved_address: _Optional[str] = ..., phases: _Optional[_Iterable[_Union[Phase, _Mapping]]] = ..., tls: _Optional[_Union[TLSInfo, _Mapping]] = ..., dns: _Optional[_Union[DNSInfo, _Mapping]] = ..., trace_id: _Optional[bytes] = ..., clock_offset_ns: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., network: _Optional[_Union[NetworkContext, _Mapping]] = ..., findings: _Optional[_Iterable[str]] = ..., session: _Optional[_Union[SessionEvent, _Mapping]] = ...) -> None: ...
+    transcript: _containers.RepeatedCompositeFieldContainer[TranscriptLine]
+    def __init__(self, seq: _Optional[int] = ..., check: _Optional[str] = ..., url: _Optional[str] = ..., protocol: _Optional[str] = ..., success: _Optional[bool] = ..., reason: _Optional[str] = ..., step: _Optional[str] = ..., message: _Optional[str] = ..., hint: _Optional[str] = ..., started_at_unix_nano: _Optional[int] = ..., duration_ns: _Optional[int] = ..., resolved_address: _Optional[str] = ..., phases: _Optional[_Iterable[_Union[Phase, _Mapping]]] = ..., tls: _Optional[_Union[TLSInfo, _Mapping]] = ..., dns: _Optional[_Union[DNSInfo, _Mapping]] = ..., trace_id: _Optional[bytes] = ..., clock_offset_ns: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., network: _Optional[_Union[NetworkContext, _Mapping]] = ..., findings: _Optional[_Iterable[str]] = ..., session: _Optional[_Union[SessionEvent, _Mapping]] = ..., transcript: _Optional[_Iterable[_Union[TranscriptLine, _Mapping]]] = ...) -> None: ...
 
 class SessionEvent(_message.Message):
     __slots__ = ("kind", "segment", "session_ns", "phase", "attempts", "delay_ns", "downtime_ns", "keepalive_rtt_ns", "resumed", "resume_ns")
@@ -203,6 +205,16 @@ class SessionEvent(_message.Message):
     resumed: bool
     resume_ns: int
     def __init__(self, kind: _Optional[str] = ..., segment: _Optional[int] = ..., session_ns: _Optional[int] = ..., phase: _Optional[str] = ..., attempts: _Optional[int] = ..., delay_ns: _Optional[int] = ..., downtime_ns: _Optional[int] = ..., keepalive_rtt_ns: _Optional[_Iterable[int]] = ..., resumed: _Optional[bool] = ..., resume_ns: _Optional[int] = ...) -> None: ...
+
+class TranscriptLine(_message.Message):
+    __slots__ = ("offset_ns", "direction", "text")
+    OFFSET_NS_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    offset_ns: int
+    direction: str
+    text: str
+    def __init__(self, offset_ns: _Optional[int] = ..., direction: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
 
 class NetworkContext(_message.Message):
     __slots__ = ("path", "interface", "network_type", "ssid", "signal_dbm", "source_address", "carrier", "asn")

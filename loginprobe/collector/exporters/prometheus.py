@@ -55,12 +55,13 @@ class _Histogram:
     """Counts per bucket in ns, with the trace id of the latest observation in each bucket
     as its exemplar. It lives as long as a series feeding it (see _prune)."""
 
-    __slots__ = ("counts", "exemplars", "total_ns")
+    __slots__ = ("counts", "exemplars", "shown", "total_ns")
 
     def __init__(self) -> None:
         self.counts = [0] * (len(BUCKETS) + 1)  # per bucket, the last one is +Inf
         self.exemplars: list[tuple[bytes, int] | None] = [None] * (len(BUCKETS) + 1)
         self.total_ns = 0
+        self.shown = 0  # bit per scraper that has read it (see ResultMetrics.render)
 
     def observe(self, ns: int, trace_id: bytes) -> None:
         i = bisect.bisect_left(_BOUNDS_NS, ns)
@@ -84,7 +85,7 @@ class _Series:
     its own counters and the histograms it shares with the other agents of its labels."""
 
     __slots__ = ("attempts", "cert_key", "dropped", "duration", "exemplars", "key", "phases",
-                 "seen", "servers", "success", "text", "where")
+                 "seen", "servers", "shown", "success", "text", "where")
 
     def __init__(self, key: tuple[str, ...], where: tuple[str, ...], duration: _Histogram,
                  dropped: tuple[str, ...]) -> None:
@@ -100,6 +101,8 @@ class _Series:
         self.dropped = dropped  # labels the guard replaced, counted per result
         self.seen = 0.0
         self.text = ""  # the key as exposition labels
+        # (success, reason) -> bit per scraper that has read that counter (see render)
+        self.shown: dict[tuple[bool, str], int] = {}
 
 
 class ResultMetrics:
@@ -112,7 +115,16 @@ class ResultMetrics:
     check and path are resolved once and cached with the accumulators they feed. Series not
     fed for `series_ttl` seconds are removed at scrape time; past `max_label_values`
     distinct values of one label, new values are counted under OVERFLOW (sums stay right,
-    one label loses detail) and in loginprobe_collector_series_dropped_total."""
+    one label loses detail) and in loginprobe_collector_series_dropped_total.
+
+    What a scraper reads (a client that says so, see scraper_identity) differs in two ways,
+    both so that rate() and increase() across scrapes neither lose nor double a count:
+    - a counter or histogram it has not read before is shown to it at 0 first, and with its
+      count from its next scrape on. Prometheus has no sample before a series' first, so a
+      series born at 1 (the first failure with a reason) loses that 1 to rate() forever.
+    - the series of an agent this collector does not serve now (its stream went to another
+      replica, or away) are shown to each scraper once more, with their final counts, and
+      then no more, so that replicas behind one address never export one agent twice."""
 
     def __init__(self, fleet: FleetState, series_ttl: float = 3600.0,
                  max_label_values: int = 1000) -> None:
@@ -132,6 +144,11 @@ class ResultMetrics:
         self._values: dict[str, set[str]] = {name: set() for name in _GUARDED}
         self.dropped: dict[str, int] = {}
         self._warned = False
+        # Renders for scrapers are serialized: each reads and sets the bits below.
+        self._render_lock = threading.Lock()
+        self._scrapers: dict[str, int] = {}  # scraper identity -> its bit
+        # agent not served now -> bits of the scrapers that read its final counts since
+        self._gone: dict[str, int] = {}
 
     def write(self, batch: Accepted) -> None:
         agent, fixed = batch.agent, batch.fixed_labels
@@ -145,6 +162,7 @@ class ResultMetrics:
                 self._agent_labels[agent] = base
                 self._cache[agent] = {}
             cache = self._cache[agent]
+            self._gone.pop(agent, None)  # served again: its new counts are to be read
             for msg in batch.results:  # protobufs as they came: no decoding on this path
                 if msg.session.kind in NOT_ATTEMPTS:  # a held session's (SessionMetrics)
                     continue
@@ -242,20 +260,41 @@ class ResultMetrics:
             i = _GUARDED.index(name)
             values.update(k[i] for k in self._series if k[i] != OVERFLOW)
 
-    def render(self, openmetrics: bool) -> bytes:
+    def render(self, openmetrics: bool, scraper: str | None = None) -> bytes:
         """The result families in the text format, or OpenMetrics with exemplars (without
         the final # EOF). prometheus_client takes ~30 µs a sample, seconds for a fleet of
         1,000 agents x 20 checks; this writes lines from label strings made once per
         series. The lock is held only to prune and take snapshots: ingest never waits for
-        a scrape."""
+        a scrape. With a scraper identity, what that scraper reads (see the class)."""
+        if scraper is None:
+            return self._render(openmetrics, 0)
+        with self._render_lock:
+            bit = self._scrapers.get(scraper)
+            if bit is None:
+                if len(self._scrapers) >= _MAX_SCRAPERS:  # read as anyone else would
+                    return self._render(openmetrics, 0)
+                bit = self._scrapers[scraper] = 1 << len(self._scrapers)
+            return self._render(openmetrics, bit)
+
+    def _render(self, openmetrics: bool, bit: int) -> bytes:
         with self._lock:
             self._prune()
             series = list(self._series.values())
-            phases = list(self._phases.items())
-            servers = list(self._servers.items())
-            durations = list(self._durations.items())
             not_after = list(self._not_after.items())
             dropped = list(self.dropped.items())
+            phases = list(self._phases.items())
+            durations = list(self._durations.items())
+            servers = list(self._servers.items())
+            if bit:
+                series = self._served(series, bit)
+        if bit:
+            fed = {id(h) for s in series
+                   for h in (s.duration, *s.phases.values(), *s.servers.values())}
+            phases = [(k, h) for k, h in phases if id(h) in fed]
+            durations = [(k, h) for k, h in durations if id(h) in fed]
+            servers = [(k, h) for k, h in servers if id(h) in fed]
+            agents = {s.key[3] for s in series}
+            not_after = [(k, t) for k, t in not_after if k[2] in agents]
         out: list[str] = []
         w = out.append
 
@@ -266,10 +305,16 @@ class ResultMetrics:
         head("loginprobe_attempts", "counter", "Login attempts, by result and reason.")
         for s in series:
             labels = _labels(s)
-            for (ok, reason), n in list(s.attempts.items()):
+            for outcome, n in list(s.attempts.items()):
+                ok, reason = outcome
+                ex = s.exemplars.get(outcome) if openmetrics else None
+                if bit:
+                    shown = s.shown.get(outcome, 0)
+                    if not shown & bit:  # born at 0 for this scraper
+                        s.shown[outcome] = shown | bit
+                        n, ex = 0, None
                 line = (f'loginprobe_attempts_total{{{labels},result="'
                         f'{"success" if ok else "failure"}",reason="{_escape(reason)}"}} {n}')
-                ex = s.exemplars.get((ok, reason)) if openmetrics else None
                 w(f'{line} # {{trace_id="{ex.hex()}"}} 1\n' if ex else line + "\n")
         head("loginprobe_success", "gauge", "1 if the latest attempt logged in, else 0.")
         for s in series:
@@ -285,7 +330,11 @@ class ResultMetrics:
                  "contract).", servers, _WHERE_PHASE)):
             head(name, "histogram", text)
             for key, h in table:
-                _histogram(w, name, _format(names, key), h, openmetrics)
+                if bit and not h.shown & bit:
+                    h.shown |= bit
+                    _histogram(w, name, _format(names, key), _EMPTY, openmetrics)
+                else:
+                    _histogram(w, name, _format(names, key), h, openmetrics)
         head("loginprobe_tls_cert_not_after_timestamp_seconds", "gauge",
              "When the server's certificate expires, as last seen.")
         for nkey, t in not_after:
@@ -297,6 +346,50 @@ class ResultMetrics:
         for label, n in dropped:
             w(f'loginprobe_collector_series_dropped_total{{label="{label}"}} {n}\n')
         return "".join(out).encode()
+
+    def _served(self, series: list[_Series], bit: int) -> list[_Series]:
+        """The series a scraper reads: those of agents connected here, and those of an agent
+        that left until this scraper has read them once after it left (their last counts).
+        Under the lock: write() takes an agent that sends again off the _gone list."""
+        connected = dict(self.fleet.connected)
+        for agent in [a for a in self._gone if a in connected]:
+            del self._gone[agent]  # back: its counters go on from where they were
+        out = []
+        unread: set[str] = set()  # leaving agents with a count this scraper has yet to read
+        leaving: set[str] = set()
+        for s in series:
+            agent = s.key[3]
+            if agent in connected or agent == OVERFLOW:
+                out.append(s)
+                continue
+            read = self._gone.setdefault(agent, 0)
+            if not read & bit:
+                out.append(s)
+                leaving.add(agent)
+                # A counter shown at 0 in this very render has its count shown in the next.
+                if any(not s.shown.get(o, 0) & bit for o in s.attempts) or any(
+                        not h.shown & bit for h in (s.duration, *s.phases.values())):
+                    unread.add(agent)
+        for agent in leaving - unread:
+            self._gone[agent] |= bit
+        live = {s.key[3] for s in series}
+        for agent in [a for a in self._gone if a not in live]:
+            del self._gone[agent]  # its series were pruned
+        return out
+
+
+# A bit per scraper in an int; a Prometheus HA pair and a few more readers fit easily.
+_MAX_SCRAPERS = 16
+_EMPTY = _Histogram()  # what a histogram a scraper has not read yet shows it: all zero
+
+
+def scraper_identity(environ: Mapping[str, Any]) -> str | None:
+    """Who is scraping, for ResultMetrics.render: a Prometheus-compatible scraper (Prometheus,
+    the Grafana Agent, vmagent) says so in X-Prometheus-Scrape-Timeout-Seconds; others (a
+    person with curl, a test) read plain values and count as no scraper."""
+    if "HTTP_X_PROMETHEUS_SCRAPE_TIMEOUT_SECONDS" not in environ:
+        return None
+    return f"{environ.get('REMOTE_ADDR', '')} {environ.get('HTTP_USER_AGENT', '')}"
 
 
 _WHERE = ("check", "protocol", "target", "region", "carrier", "network_type")
@@ -423,10 +516,12 @@ def serve_metrics(
         openmetrics = content_type.startswith("application/openmetrics-text")
         body = encoder(registry)
         if results is not None:
+            scraper = scraper_identity(environ)
             if openmetrics:
-                body = body.removesuffix(b"# EOF\n") + results.render(True) + b"# EOF\n"
+                body = (body.removesuffix(b"# EOF\n") + results.render(True, scraper)
+                        + b"# EOF\n")
             else:
-                body += results.render(False)
+                body += results.render(False, scraper)
         start_response("200 OK", [("Content-Type", content_type),
                                   ("Content-Length", str(len(body)))])
         return [body]
