@@ -208,10 +208,11 @@ class Collector(Proc):
         """Every line of the results log (agent, seq, check, result)."""
         path = self.folder / str(self.settings["results_log"])
         if path.exists():
-            with path.open(encoding="utf-8") as f:
-                for line in f:
-                    if line.endswith("\n"):
-                        yield json.loads(line)
+            # One read, then whole lines only: iterating the file while the collector appends
+            # would hand out a line's second half as a line of its own.
+            text = path.read_text(encoding="utf-8")
+            for line in text[: text.rfind("\n") + 1].splitlines():
+                yield json.loads(line)
 
 
 def collector_config(
