@@ -210,8 +210,8 @@ class Collector(Proc):
         if path.exists():
             # One read, then whole lines only: iterating the file while the collector appends
             # would hand out a line's second half as a line of its own.
-            text = path.read_text(encoding="utf-8")
-            for line in text[: text.rfind("\n") + 1].splitlines():
+            data = path.read_bytes()
+            for line in data[: data.rfind(b"\n") + 1].decode("utf-8").splitlines():
                 yield json.loads(line)
 
 
