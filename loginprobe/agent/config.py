@@ -59,9 +59,19 @@ class TLS(Strict):
         return key
 
 
+class Keepalive(Strict):
+    """HTTP/2 pings on the stream: they end a stream to a dead or unreachable collector
+    within time + timeout, even when no result is due. The collector must allow pings this
+    often (its keepalive.min_ping_interval, 5 s by default)."""
+
+    time: Seconds = 10.0
+    timeout: Seconds = 5.0
+
+
 class Collector(Strict):
     address: str
     tls: TLS = TLS()
+    keepalive: Keepalive = Keepalive()
     # The bearer token is read from the environment or a file, never written in this file.
     token_env: str | None = None
     token_file: FilePath | None = None

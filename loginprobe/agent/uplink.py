@@ -14,7 +14,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from loginprobe import __version__
 from loginprobe.agent.backoff import Backoff
-from loginprobe.agent.config import AgentConfig
+from loginprobe.agent.config import AgentConfig, Keepalive
 from loginprobe.agent.scheduler import ASSIGNED, CheckSpec, Scheduler
 from loginprobe.agent.spool import Spool
 from loginprobe.codec import Report, to_wire
@@ -23,18 +23,25 @@ from loginprobe.wire.collector_pb2_grpc import CollectorServiceStub
 
 log = logging.getLogger(__name__)
 
-# Keepalive pings find a dead collector (or a dead NAT mapping) within ~15 s even when no
-# result is due; the collector must permit pings this often.
-CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-    # Subchannels are shared process-wide by default, and with them gRPC's own reconnect
-    # backoff (1 s growing to 2 min): a fresh channel would inherit it and our backoff
-    # would not be the one that decides when we try again.
-    ("grpc.use_local_subchannel_pool", 1),
-]
+
+
+def channel_options(keepalive: Keepalive) -> list[tuple[str, int | str]]:
+    """The channel's options. gRPC ignores a name it does not know, silently:
+    tests/test_keepalive.py checks each against the names in the installed gRPC."""
+    return [
+        # Keepalive pings find a dead collector (or a dead NAT mapping) within
+        # time + timeout even when no result is due; the collector must permit them.
+        ("grpc.keepalive_time_ms", round(keepalive.time * 1000)),
+        ("grpc.keepalive_timeout_ms", round(keepalive.timeout * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        # Subchannels are shared process-wide by default, and with them gRPC's own
+        # reconnect backoff (1 s growing to 2 min): a fresh channel would inherit it and our
+        # backoff would not be the one that decides when we try again.
+        ("grpc.use_local_subchannel_pool", 1),
+    ]
+
+
 FATAL = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
 CAPABILITIES = ["checks", "clock_offset"]
 DEFAULT_MAX_BATCH = 500
@@ -133,15 +140,15 @@ class Uplink:
 
     def _channel(self) -> grpc.aio.Channel:
         c = self.cfg.collector
+        options = channel_options(c.keepalive)
         if c.plaintext:
-            return grpc.aio.insecure_channel(c.address, options=CHANNEL_OPTIONS)
+            return grpc.aio.insecure_channel(c.address, options=options)
         # Read at every connect, so renewed certificates are used without a restart.
         creds = grpc.ssl_channel_credentials(
             root_certificates=c.tls.ca_file.read_bytes() if c.tls.ca_file else None,
             private_key=c.tls.key_file.read_bytes() if c.tls.key_file else None,
             certificate_chain=c.tls.cert_file.read_bytes() if c.tls.cert_file else None,
         )
-        options = list(CHANNEL_OPTIONS)
         if c.tls.server_name:
             options.append(("grpc.ssl_target_name_override", c.tls.server_name))
         return grpc.aio.secure_channel(c.address, creds, options=options)
@@ -151,7 +158,7 @@ class Uplink:
         if (self.cfg.collector.token_env or self.cfg.collector.token_file) and not token:
             raise SessionError("the bearer token is empty or its environment variable is unset")
         metadata = (("authorization", f"Bearer {token}"),) if token else None
-        # A fresh channel per session, with its own subchannel: see CHANNEL_OPTIONS.
+        # A fresh channel per session, with its own subchannel: see channel_options().
         async with self._channel() as channel:
             stub = CollectorServiceStub(channel)  # type: ignore[no-untyped-call]
             call = stub.Connect(metadata=metadata)

@@ -22,7 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from loginprobe.address import split_host_port
 from loginprobe.collector.assign import assigned, changes
 from loginprobe.collector.auth import AuthError, Credential, credential, identify
-from loginprobe.collector.config import Check, Loaded, load_config
+from loginprobe.collector.config import Check, CollectorConfig, Keepalive, Loaded, load_config
 from loginprobe.collector.exporters.prometheus import serve_metrics
 from loginprobe.collector.ingest import FleetState, Ingest, Refused
 from loginprobe.collector.sinks import build as build_sinks
@@ -361,17 +361,26 @@ async def _watch(path: Path, loaded: Loaded, service: CollectorService,
                  len(new.config.checks))
 
 
-def _grpc_server(service: CollectorService, limit: int) -> grpc.aio.Server:
-    server = grpc.aio.server(options=[
+def grpc_options(limit: int, keepalive: Keepalive) -> list[tuple[str, int]]:
+    """The server's channel options. gRPC ignores a name it does not know, silently:
+    tests/test_keepalive.py checks each against the names in the installed gRPC."""
+    return [
         # gRPC itself drops messages far over the limit; the deserializer refuses (and
         # counts) those between the limit and this.
         ("grpc.max_receive_message_length", 2 * limit),
-        # Agents ping to find a dead collector; allow every 5 s, also between batches.
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", 5000),
+        # Agents ping to find a dead collector, also between batches; without this gRPC
+        # allows one ping per 5 minutes and answers more with GOAWAY too_many_pings.
+        ("grpc.http2.min_ping_interval_without_data_ms",
+         round(keepalive.min_ping_interval * 1000)),
         ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.keepalive_time_ms", 30_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
-    ])
+        ("grpc.keepalive_time_ms", round(keepalive.time * 1000)),
+        ("grpc.keepalive_timeout_ms", round(keepalive.timeout * 1000)),
+    ]
+
+
+def _grpc_server(service: CollectorService, config: CollectorConfig) -> grpc.aio.Server:
+    server = grpc.aio.server(
+        options=grpc_options(config.limits.max_message_bytes, config.keepalive))
     server.add_generic_rpc_handlers([service.handler()])
     return server
 
@@ -383,7 +392,7 @@ async def serve(path: Path, loaded: Loaded) -> int:
     fleet = FleetState()
     sinks = build_sinks(config, fleet)
     service = CollectorService(loaded, Ingest(fleet, sinks.all, sinks.high_water), fleet)
-    server = _grpc_server(service, config.limits.max_message_bytes)
+    server = _grpc_server(service, config)
     health_service = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_service, server)
     await health_service.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
