@@ -231,6 +231,7 @@ def collector_config(
         "agents": agents,
         "checks": checks or [],
         "results_log": str(folder / "results.jsonl"),
+        "state": str(folder / "collector.state"),
         "shutdown_grace": "2s",
     }
     if pki is None:

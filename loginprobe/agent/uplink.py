@@ -189,6 +189,7 @@ class Uplink:
         await call.write(pb.ConnectRequest(hello=pb.Hello(
             version=__version__, labels=labels, capabilities=CAPABILITIES,
             last_acked_seq=self.spool.acked_seq, sent_at=_timestamp(sent_ns),
+            spool_id=self.spool.spool_id,
         )))
         async with asyncio.timeout(self.hello_timeout):
             first = await call.read()

@@ -213,6 +213,10 @@ class CollectorConfig(Strict):
     limits: Limits = Limits()
     keepalive: Keepalive = Keepalive()
     results_log: Path | None = None  # JSON lines of every accepted result (tests, audits)
+    # Each agent's high-water mark: a local file (relative paths from the working
+    # directory) for one collector alone, or redis://[:PASSWORD@]HOST:PORT/DB (rediss://,
+    # unix://) shared by several replicas.
+    state: str = Field(default="collector.state", min_length=1)
     # Read at start (a reload does not change them); an exporter not configured costs nothing.
     metrics: Metrics = Metrics()
     traces: Traces | None = None

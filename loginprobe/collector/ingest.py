@@ -28,6 +28,7 @@ REJECT_REASONS = (
     "batch_too_large",  # more results than limits.max_batch_results
     "out_of_order",  # seq not strictly increasing within a batch
     "invalid_result",  # a result the codec refuses (counted per result; the stream goes on)
+    "credential_in_use",  # a second live stream of one agent's credential from another spool
 )
 
 
@@ -66,6 +67,7 @@ class Accepted:
     fixed_labels: dict[str, str]  # the registry's labels win over what a result claims
     wire: list[pb.ProbeResult]
     _reports: list[Report] | None = None
+    key: str = ""  # the mark's key (state.mark_key): the agent and its spool
 
     @property
     def results(self) -> Sequence[ResultView]:
@@ -91,30 +93,99 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
+class MarkStore(Protocol):
+    """Where a local mark is persisted (collector/state.py's StateFile)."""
+
+    def record(self, key: str, seq: int) -> None: ...
+
+
+class SharedMarks(Protocol):
+    """Marks shared by replicas (collector/state.py's RedisState)."""
+
+    async def advance(self, key: str, seq: int, floor: int) -> int: ...
+
+
+def last_seq(results: Sequence[pb.ProbeResult]) -> int:
+    """The batch's last seq, or Refused if the seqs do not increase."""
+    previous = 0
+    for msg in results:
+        if msg.seq <= previous:
+            raise Refused(
+                grpc.StatusCode.INVALID_ARGUMENT, "out_of_order",
+                f"seq {msg.seq} after {previous} in one batch: sequence numbers start at 1 "
+                "and must increase",
+            )
+        previous = msg.seq
+    return previous
+
+
 class Ingest:
     """Per-agent high-water marks and the batch path. Results of one agent arrive in order
     (the agent replays its spool oldest first), so a seq at or below the mark was processed
-    before: counted as a duplicate, acknowledged, not processed again."""
+    before: counted as a duplicate, acknowledged, not processed again. A mark belongs to a
+    key, the agent and its spool (state.mark_key). Kept here (and in `store`, a state file,
+    once per batch) or, with `shared`, in Redis, advanced there before the sinks see a
+    batch so that of two replicas given one replay only one processes it."""
 
     def __init__(self, fleet: FleetState, sinks: Sequence[Sink] = (),
-                 high_water: dict[str, int] | None = None) -> None:
+                 high_water: dict[str, int] | None = None, store: MarkStore | None = None,
+                 shared: SharedMarks | None = None) -> None:
         self.fleet = fleet
         self.sinks = list(sinks)
         self.high_water = high_water or {}
+        self.store = store
+        self.shared = shared
         self._logged_invalid: set[str] = set()
 
     def hello(self, agent: str, last_acked_seq: int) -> int:
         """The highest seq of this agent known processed. What the agent says was acked was
         processed by some collector, so it raises the mark (this one may have restarted)."""
-        mark = max(self.high_water.get(agent, 0), last_acked_seq)
-        self.high_water[agent] = mark
+        mark = self.high_water.get(agent, 0)
+        if last_acked_seq > mark:
+            mark = self.high_water[agent] = last_acked_seq
+            if self.store is not None:
+                self.store.record(agent, mark)
+        return mark
+
+    async def hello_shared(self, key: str, last_acked_seq: int) -> int:
+        """hello() against the shared marks. The agent's acknowledged seq and this replica's
+        last known mark are floors: a Redis that lost its data cannot lower a mark below
+        what either knows. Raises StateUnavailable."""
+        assert self.shared is not None
+        floor = self.high_water.get(key, 0)
+        mark = max(await self.shared.advance(key, last_acked_seq, floor), last_acked_seq)
+        self.high_water[key] = mark
         return mark
 
     def batch(self, agent: str, fixed_labels: dict[str, str],
-              results: Sequence[pb.ProbeResult]) -> int:
+              results: Sequence[pb.ProbeResult], key: str = "") -> int:
         """Process one batch and return the seq to acknowledge, or raise Refused with
         nothing changed. No await and no per-result logging here: this is the hot path."""
-        mark = self.high_water.get(agent, 0)
+        key = key or agent
+        mark = self.high_water.get(key, 0)
+        last = self._process(agent, fixed_labels, results, mark, key)
+        if last > mark:
+            self.high_water[key] = mark = last
+            if self.store is not None:
+                self.store.record(key, last)
+        return mark
+
+    async def batch_shared(self, agent: str, fixed_labels: dict[str, str],
+                           results: Sequence[pb.ProbeResult], key: str) -> int:
+        """batch() with the mark advanced in the shared state first (one round trip):
+        whichever replica advances it processes the results above the old mark, any other
+        finds them below. Raises StateUnavailable with nothing processed."""
+        assert self.shared is not None
+        last = last_seq(results)
+        floor = self.high_water.get(key, 0)
+        before = await self.shared.advance(key, last, floor)
+        self._process(agent, fixed_labels, results, before, key)
+        mark = self.high_water[key] = max(before, last)
+        return mark
+
+    def _process(self, agent: str, fixed_labels: dict[str, str],
+                 results: Sequence[pb.ProbeResult], mark: int, key: str = "") -> int:
+        """Hand the results above mark to the sinks and count; return the batch's last seq."""
         previous = 0
         fresh: list[pb.ProbeResult] = []
         invalid = 0
@@ -141,7 +212,7 @@ class Ingest:
             fresh.append(msg)
         duplicates = len(results) - len(fresh) - invalid
         if fresh:
-            batch = Accepted(agent, fixed_labels, fresh)
+            batch = Accepted(agent, fixed_labels, fresh, key=key)
             for sink in self.sinks:
                 sink.write(batch)
             self.fleet.received[agent] = self.fleet.received.get(agent, 0) + len(fresh)
@@ -154,6 +225,4 @@ class Ingest:
                 self._logged_invalid.add(agent)
                 log.warning("agent %s sent %d invalid result(s), dropped and counted; "
                             "the first: %s", agent, invalid, first_error)
-        if previous > mark:
-            self.high_water[agent] = mark = previous
-        return mark
+        return previous

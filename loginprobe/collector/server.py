@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,15 @@ from loginprobe.collector.config import Check, CollectorConfig, Keepalive, Loade
 from loginprobe.collector.exporters.prometheus import serve_metrics
 from loginprobe.collector.ingest import FleetState, Ingest, Refused
 from loginprobe.collector.sinks import build as build_sinks
+from loginprobe.collector.state import (
+    RedisState,
+    StateError,
+    StateFile,
+    StateMetrics,
+    StateUnavailable,
+    is_redis,
+    mark_key,
+)
 from loginprobe.config import ConfigError
 from loginprobe.wire import collector_pb2 as pb
 
@@ -62,6 +72,17 @@ def _refusal(reason: str, limit: int) -> Refused:
 
 def _auth_status(exc: AuthError) -> grpc.StatusCode:
     return grpc.StatusCode.UNAUTHENTICATED if exc.unknown else grpc.StatusCode.PERMISSION_DENIED
+
+
+async def _until_available(call: Callable[[], Awaitable[int]], every: float = 0.5) -> int:
+    """Fail closed: while the shared state is unreachable nothing is acknowledged. The
+    stream waits (the agent keeps its results spooled, gRPC's flow control holds back what
+    it sends) and goes on by itself once the state is back; RedisState logs both."""
+    while True:
+        try:
+            return await call()
+        except StateUnavailable:
+            await asyncio.sleep(every)
 
 
 def check_to_wire(c: Check) -> pb.Check:
@@ -101,6 +122,8 @@ class Session:
     task: asyncio.Task[Any]
     checks: dict[str, Check] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one writer at a time
+    spool_id: str = ""  # from the hello: which spool this stream's seqs come from
+    key: str = ""  # the high-water mark's key: agent and spool
     kicked: tuple[grpc.StatusCode, str] | None = None
     idle: bool = False  # waiting for a batch: nothing is half done
     ending: bool = False  # the kick's status is being sent
@@ -133,6 +156,7 @@ class CollectorService:
         self.sessions: dict[str, Session] = {}
         self.buckets: dict[str, Bucket] = {}
         self._pushes: set[asyncio.Task[None]] = set()
+        self._told: set[tuple[str, str]] = set()  # (agent, spool) refused as a second stream
         self.apply(loaded)
 
     def handler(self) -> grpc.GenericRpcHandler:
@@ -166,10 +190,16 @@ class CollectorService:
             task = asyncio.current_task()
             assert task is not None
             session = Session(agent.id, cred, dict(hello.labels), dict(agent.labels), context,
-                              task)
+                              task, spool_id=hello.spool_id[:64],
+                              key=mark_key(agent.id, hello.spool_id[:64]))
+            self._second_stream(session)
             session.checks = assigned(self.checks, session.labels)
             self._open(session, hello.version)
-            mark = self.ingest.hello(agent.id, hello.last_acked_seq)
+            if self.ingest.shared is None:
+                mark = self.ingest.hello(session.key, hello.last_acked_seq)
+            else:
+                mark = await _until_available(functools.partial(
+                    self.ingest.hello_shared, session.key, hello.last_acked_seq))
             welcome = pb.Welcome(agent_id=agent.id, labels=session.labels,
                                  max_batch_results=self.limits.max_batch_results,
                                  last_processed_seq=mark)
@@ -185,7 +215,10 @@ class CollectorService:
             await self._results(session)
         except Refused as exc:
             self.fleet.reject(exc.reason)
-            log.warning("refused a message from agent %s (%s): %s", agent.id, exc.reason, exc)
+            if exc.reason != "credential_in_use":  # that one is logged once, by its maker
+                log.warning("refused a message from agent %s (%s): %s", agent.id, exc.reason,
+                            exc)
+            session = None  # never opened: closing it must not end the live stream
             await context.abort(exc.code, str(exc))
         except asyncio.CancelledError:
             # A kick cancels an idle handler; turn that into the kick's status. A handler
@@ -242,8 +275,32 @@ class CollectorService:
             if wait:
                 await asyncio.sleep(wait)
             session.idle = False
-            seq = self.ingest.batch(agent, session.fixed, results)
+            if self.ingest.shared is None:
+                seq = self.ingest.batch(agent, session.fixed, results, session.key)
+            else:
+                seq = await _until_available(functools.partial(
+                    self.ingest.batch_shared, agent, session.fixed, results, session.key))
             await session.send(pb.ConnectResponse(ack=pb.Ack(seq=seq)))
+
+    def _second_stream(self, session: Session) -> None:
+        """One credential on two machines (a copied config): the stream of another spool
+        while one is live is refused, loudly and once in the log, never raced. The same spool
+        again is the same agent reconnecting (the older stream may be half-open): it wins."""
+        older = self.sessions.get(session.agent)
+        if older is None or older.spool_id == session.spool_id or not (
+                older.spool_id and session.spool_id):
+            return
+        message = (
+            f"the credential of agent {session.agent} is already in use by a live stream from "
+            f"{older.context.peer()} with another spool: two machines share this agent's token "
+            "or certificate (a copied config?). Give each machine its own entry under agents: "
+            "in the collector's config and its own credential; until then this one keeps its "
+            "results spooled and retries")
+        if (session.agent, session.spool_id) not in self._told:
+            self._told.add((session.agent, session.spool_id))
+            log.error("refused a second stream of agent %s from %s: %s", session.agent,
+                      session.context.peer(), message)
+        raise Refused(grpc.StatusCode.FAILED_PRECONDITION, "credential_in_use", message)
 
     def _open(self, session: Session, version: str) -> None:
         older = self.sessions.get(session.agent)
@@ -390,8 +447,23 @@ async def serve(path: Path, loaded: Loaded) -> int:
     address cannot be listened on."""
     config = loaded.config
     fleet = FleetState()
+    try:
+        state_file = None if is_redis(config.state) else StateFile(Path(config.state))
+    except StateError as exc:
+        log.error("%s", exc)
+        return 1
     sinks = build_sinks(config, fleet)
-    service = CollectorService(loaded, Ingest(fleet, sinks.all, sinks.high_water), fleet)
+    shared = None
+    if state_file is None:
+        shared = RedisState(config.state)
+        sinks.extra_collectors.append(StateMetrics(shared))
+        ingest = Ingest(fleet, sinks.all, shared=shared)
+    else:
+        marks = dict(state_file.marks)
+        for key, seq in sinks.high_water.items():  # a results log may know a later one
+            marks[key] = max(seq, marks.get(key, 0))
+        ingest = Ingest(fleet, sinks.all, marks, store=state_file)
+    service = CollectorService(loaded, ingest, fleet)
     server = _grpc_server(service, config)
     health_service = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_service, server)
@@ -415,6 +487,7 @@ async def serve(path: Path, loaded: Loaded) -> int:
                                     results=sinks.metrics,
                                     series_ttl=config.metrics.series_ttl,
                                     extra=sinks.extra_collectors,
+                                    health=None if shared is None else shared.health,
                                     pages={"/status": sinks.status} if sinks.status else None)
         except OSError as exc:
             log.error("cannot serve /metrics on %s: %s", config.metrics_listen, exc.strerror)
@@ -436,6 +509,10 @@ async def serve(path: Path, loaded: Loaded) -> int:
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, hup.set)
     watcher = asyncio.create_task(_watch(path, loaded, service, hup))
+    if shared is not None:
+        await shared.ping()
+        pinger = asyncio.create_task(shared.watch())
+        log.info("high-water marks in %s", shared.where)
     await stop.wait()
 
     log.info("stopping: no new streams, %d open ones get %gs to end", len(service.sessions),
@@ -449,5 +526,10 @@ async def serve(path: Path, loaded: Loaded) -> int:
     if metrics is not None:
         metrics.shutdown()
     sinks.close()
+    if shared is not None:
+        pinger.cancel()
+        await shared.close()
+    if state_file is not None:
+        state_file.close()
     log.info("stopped")
     return 0
