@@ -43,6 +43,9 @@ def channel_options(keepalive: Keepalive) -> list[tuple[str, int | str]]:
 
 
 FATAL = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
+# The collector refuses a second live stream of one credential from another spool: another
+# machine uses our credential. Said at ERROR, the spool kept, retried with the backoff.
+REFUSED = grpc.StatusCode.FAILED_PRECONDITION
 CAPABILITIES = ["checks", "clock_offset"]
 DEFAULT_MAX_BATCH = 500
 MAX_BATCH_BYTES = 1 << 20  # well under gRPC's default 4 MiB message limit
@@ -92,6 +95,7 @@ class Uplink:
         our credential: retrying would not change its mind."""
         address = self.cfg.collector.address
         while True:
+            refused = ""  # the collector's sentence when it refused this stream
             try:
                 await self._session()
                 why = "the collector closed the stream"
@@ -102,6 +106,8 @@ class Uplink:
                         f"({exc.code().name}): {exc.details()}"
                     ) from None
                 why = f"{exc.code().name}: {exc.details()}"
+                if exc.code() == REFUSED:
+                    refused = exc.details() or why
             except (SessionError, OSError, TimeoutError, asyncio.InvalidStateError) as exc:
                 why = str(exc) or type(exc).__name__
             finally:
@@ -115,7 +121,11 @@ class Uplink:
             first = self.backoff.attempt == 0
             again = self.backoff.at_cap and now - self._warned_at >= OUTAGE_WARN_INTERVAL
             delay = self.backoff.delay()
-            if first or again:
+            if refused and (first or again):
+                self._warned_at = now
+                log.error("collector %s refused this stream: %s; %d results wait in the spool; "
+                          "retrying in %.1fs", address, refused, self.spool.depth, delay)
+            elif first or again:
                 self._warned_at = now
                 log.warning("collector %s: %s; not connected for %.0fs, %d results wait in the "
                             "spool; reconnecting in %.1fs", address, why, now - self.down_since,
