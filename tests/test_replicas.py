@@ -5,15 +5,27 @@ itself), and a Redis that lost its data counts no old result again."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import time
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from devstack.fleet import Collector, collector_config, new_token, wait_for
+from devstack.fleet import Agent, Collector, collector_config, new_token, wait_for
 from devstack.redis import Redis
+from tests.test_agent import stop_all, target
 from tests.test_collector import Stream, batch
+from tests.test_shared_credential import spool_id
+
+__all__ = ["target"]  # the listener fixture, shared with test_agent
+
+# The issue's Redis outage is 20 s; LOGINPROBE_TEST_REDIS_OUTAGE_SECONDS shortens it.
+REDIS_OUTAGE = float(os.environ.get("LOGINPROBE_TEST_REDIS_OUTAGE_SECONDS", "20"))
+FLEET = 20
 
 TOKEN, DIGEST = new_token()
 AGENTS = [{"id": "r1", "token_sha256": DIGEST}]
@@ -108,7 +120,7 @@ async def test_redis_away_means_no_acks_and_the_stream_recovers_by_itself(
     ack = asyncio.ensure_future(s.call.read())  # not cancelled by a timeout: it ends the call
     done, _ = await asyncio.wait({ack}, timeout=3.0)
     assert not done  # no ack while Redis is away
-    assert received(a) == 2  # and nothing processed
+    assert received(a) == 4  # processed once, its mark waiting to be stored
     assert "not acknowledging results: the state store redis://127.0.0.1" in healthz(a)
     assert a.metrics()["loginprobe_collector_state_up"] == 0.0
     redis.start()  # its append-only file kept the marks
@@ -121,3 +133,99 @@ async def test_redis_away_means_no_acks_and_the_stream_recovers_by_itself(
     assert a.metrics()["loginprobe_collector_state_up"] == 1.0
     log = a.output()
     assert log.count("unreachable") == 1 and log.count("reachable again") == 1
+
+
+def delivered(replicas: list[Collector]) -> Counter[str]:
+    """agent -> results in all the replicas' results logs together."""
+    return Counter(line["agent"] for c in replicas for line in c.results())
+
+
+def wait_all_progress(replicas: list[Collector], names: list[str], what: str,
+                      timeout: float = 40) -> None:
+    """Until every agent has delivered at least 3 more results than now."""
+    before = delivered(replicas)
+
+    def moved() -> bool:
+        now = delivered(replicas)
+        return all(now[n] >= before[n] + 3 for n in names)
+
+    try:
+        wait_for(what, moved, timeout)
+    except TimeoutError:
+        now = delivered(replicas)
+        raise TimeoutError(f"{what}: no progress of {[n for n in names if now[n] < before[n] + 3]}"
+                           f" ({before} -> {now})") from None
+
+
+@pytest.mark.timeout(300 + REDIS_OUTAGE)
+def test_three_replicas_one_redis_20_agents_kill_9_each_replica_and_redis_exactly_once(
+    tmp_path: Path, target: str, redis: Redis
+) -> None:
+    """Each replica killed in turn (the second first frozen, a half-open stream the agents'
+    keepalive must end), then Redis for 20 s: each agent's results arrive once, across the
+    replicas together, against the agents' own count of what they produced."""
+    tokens = {f"agent-{i:02}": new_token() for i in range(FLEET)}
+    registry = [{"id": name, "token_sha256": h} for name, (_, h) in tokens.items()]
+    checks = [{"name": f"fleet-{i}", "url": target, "interval": "0.5s", "timeout": "0.5s"}
+              for i in range(2)]
+    replicas = [Collector(tmp_path / f"c{i}", collector_config(
+        tmp_path / f"c{i}", pki=None, agents=registry, checks=checks, state=redis.url,
+        keepalive={"min_ping_interval": "0.5s"})) for i in range(3)]
+    link = {"address": [c.address for c in replicas],
+            "keepalive": {"time": "1s", "timeout": "1s"}}
+    agents = [Agent(tmp_path / name, replicas[0], token=token, link=link)
+              for name, (token, _) in tokens.items()]
+    try:
+        for c in replicas:
+            c.start_healthy()
+        for a in agents:
+            a.start()
+        wait_for("every agent connected", lambda: all(
+            a.metric("loginprobe_agent_uplink_connected") == 1.0 for a in agents), 60)
+        keys = list(tokens)
+        wait_all_progress(replicas, keys, "every agent streaming")
+
+        for i, victim in enumerate(replicas):
+            if i == 1:
+                victim.signal(signal.SIGSTOP)  # alive to TCP, deaf to pings: half-open
+                wait_all_progress(replicas, keys, "agents to leave the frozen replica")
+            victim.kill()
+            wait_all_progress(replicas, keys, f"agents to fail over from replica {i}")
+            victim.start_healthy()
+
+        redis.kill()
+        time.sleep(2)  # each stream's batch in flight at the kill, processed, not acked
+        frozen = delivered(replicas)
+        spooled = sum(a.metric("loginprobe_agent_spool_results") for a in agents)
+        time.sleep(REDIS_OUTAGE)
+        assert delivered(replicas) == frozen  # nothing processed, so nothing acknowledged
+        assert sum(a.metric("loginprobe_agent_spool_results") for a in agents) > (
+            spooled + FLEET * 2 * REDIS_OUTAGE * 0.5)
+        assert all(a.running() for a in agents)
+        redis.start()  # its append-only file kept every mark
+        wait_all_progress(replicas, keys, "recovery without a restart", 60)
+
+        for a in agents:
+            a.signal(signal.SIGTERM)
+        for a in agents:
+            assert a.wait(30) == 0, a.output()
+        seqs: dict[str, list[int]] = {}
+        for c in replicas:
+            for line in c.results():
+                seqs.setdefault(line.get("key", line["agent"]), []).append(line["seq"])
+        produced_total = 0
+        for name, a in zip(keys, agents, strict=True):
+            key = f"{name}/{spool_id(a)}"
+            produced, left, dropped = a.spooled()
+            got = sorted(seqs.get(key, []))
+            # Delivered once each; what a stopped agent could not deliver is still spooled.
+            assert got == list(range(1, produced - left + 1)) and dropped == 0, (
+                f"{key}: produced {produced}, {left} left, {len(got)} arrived, "
+                f"{len(set(got))} distinct")
+            produced_total += produced - left
+        assert sum(len(v) for v in seqs.values()) == produced_total
+        for c in replicas:
+            assert c.output().count("state store") >= 2 or not c.running()
+        print(f"{produced_total} results from {FLEET} agents over 3 replicas, each once")
+    finally:
+        stop_all(*agents, *replicas)

@@ -53,6 +53,8 @@ class FleetState:
     connected: dict[str, dict[str, str]] = field(default_factory=dict)  # agent -> labels
     labels: dict[str, dict[str, str]] = field(default_factory=dict)  # last seen, kept
     last_result: dict[str, float] = field(default_factory=dict)  # agent -> unix time
+    # agent -> results two replicas both processed (shared state; see Ingest.batch_shared)
+    doubled: dict[str, int] = field(default_factory=dict)
 
     def reject(self, reason: str, count: int = 1) -> None:
         self.rejected[reason] += count
@@ -100,9 +102,13 @@ class MarkStore(Protocol):
 
 
 class SharedMarks(Protocol):
-    """Marks shared by replicas (collector/state.py's RedisState)."""
+    """Marks shared by replicas (collector/state.py's RedisState). advance() stores
+    max(mark, floor, seq) and returns max(mark, floor) as it was; it raises when the store
+    cannot be reached, and until_available() retries it: fail closed, no ack meanwhile."""
 
     async def advance(self, key: str, seq: int, floor: int) -> int: ...
+
+    async def until_available(self, key: str, seq: int, floor: int) -> int: ...
 
 
 def last_seq(results: Sequence[pb.ProbeResult]) -> int:
@@ -124,8 +130,8 @@ class Ingest:
     (the agent replays its spool oldest first), so a seq at or below the mark was processed
     before: counted as a duplicate, acknowledged, not processed again. A mark belongs to a
     key, the agent and its spool (state.mark_key). Kept here (and in `store`, a state file,
-    once per batch) or, with `shared`, in Redis, advanced there before the sinks see a
-    batch so that of two replicas given one replay only one processes it."""
+    once per batch) or, with `shared`, in Redis, advanced there right after the sinks saw
+    the batch."""
 
     def __init__(self, fleet: FleetState, sinks: Sequence[Sink] = (),
                  high_water: dict[str, int] | None = None, store: MarkStore | None = None,
@@ -153,7 +159,8 @@ class Ingest:
         what either knows. Raises StateUnavailable."""
         assert self.shared is not None
         floor = self.high_water.get(key, 0)
-        mark = max(await self.shared.advance(key, last_acked_seq, floor), last_acked_seq)
+        mark = max(await self.shared.until_available(key, last_acked_seq, floor),
+                   last_acked_seq)
         self.high_water[key] = mark
         return mark
 
@@ -172,14 +179,28 @@ class Ingest:
 
     async def batch_shared(self, agent: str, fixed_labels: dict[str, str],
                            results: Sequence[pb.ProbeResult], key: str) -> int:
-        """batch() with the mark advanced in the shared state first (one round trip):
-        whichever replica advances it processes the results above the old mark, any other
-        finds them below. Raises StateUnavailable with nothing processed."""
+        """batch() with the mark advanced in the shared state (one round trip) right after
+        the sinks. This replica's mark came from the shared state at hello and has been
+        advanced by itself since: an agent streams to one replica at a time, so results
+        above it are new. Sinks first: the advance leaves the process in the same step of
+        the event loop, so a replica killed at any moment has either not processed a batch
+        or has its advance on the wire (claiming first and dying before the sinks would
+        lose the batch for good). Only a replica frozen past the agents' keepalive that
+        then resumes a batch the agent meanwhile replayed elsewhere counts it twice: seen
+        here, logged and counted. While the shared state is unreachable this waits: no
+        ack, and the stream reads no further batch."""
         assert self.shared is not None
-        last = last_seq(results)
         floor = self.high_water.get(key, 0)
-        before = await self.shared.advance(key, last, floor)
-        self._process(agent, fixed_labels, results, before, key)
+        last = self._process(agent, fixed_labels, results, floor, key)
+        self.high_water[key] = max(floor, last)
+        before = await self.shared.until_available(key, last, floor)
+        if before > floor:
+            twice = sum(1 for r in results if floor < r.seq <= before)
+            self.fleet.doubled[agent] = self.fleet.doubled.get(agent, 0) + twice
+            if twice:
+                log.warning("agent %s: %d result(s) up to seq %d were also processed by "
+                            "another replica (this one was frozen meanwhile): counted twice",
+                            agent, twice, before)
         mark = self.high_water[key] = max(before, last)
         return mark
 

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,6 @@ from loginprobe.collector.state import (
     StateError,
     StateFile,
     StateMetrics,
-    StateUnavailable,
     is_redis,
     mark_key,
 )
@@ -72,17 +70,6 @@ def _refusal(reason: str, limit: int) -> Refused:
 
 def _auth_status(exc: AuthError) -> grpc.StatusCode:
     return grpc.StatusCode.UNAUTHENTICATED if exc.unknown else grpc.StatusCode.PERMISSION_DENIED
-
-
-async def _until_available(call: Callable[[], Awaitable[int]], every: float = 0.5) -> int:
-    """Fail closed: while the shared state is unreachable nothing is acknowledged. The
-    stream waits (the agent keeps its results spooled, gRPC's flow control holds back what
-    it sends) and goes on by itself once the state is back; RedisState logs both."""
-    while True:
-        try:
-            return await call()
-        except StateUnavailable:
-            await asyncio.sleep(every)
 
 
 def check_to_wire(c: Check) -> pb.Check:
@@ -198,8 +185,7 @@ class CollectorService:
             if self.ingest.shared is None:
                 mark = self.ingest.hello(session.key, hello.last_acked_seq)
             else:
-                mark = await _until_available(functools.partial(
-                    self.ingest.hello_shared, session.key, hello.last_acked_seq))
+                mark = await self.ingest.hello_shared(session.key, hello.last_acked_seq)
             welcome = pb.Welcome(agent_id=agent.id, labels=session.labels,
                                  max_batch_results=self.limits.max_batch_results,
                                  last_processed_seq=mark)
@@ -278,8 +264,7 @@ class CollectorService:
             if self.ingest.shared is None:
                 seq = self.ingest.batch(agent, session.fixed, results, session.key)
             else:
-                seq = await _until_available(functools.partial(
-                    self.ingest.batch_shared, agent, session.fixed, results, session.key))
+                seq = await self.ingest.batch_shared(agent, session.fixed, results, session.key)
             await session.send(pb.ConnectResponse(ack=pb.Ack(seq=seq)))
 
     def _second_stream(self, session: Session) -> None:
@@ -432,6 +417,8 @@ def grpc_options(limit: int, keepalive: Keepalive) -> list[tuple[str, int]]:
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.keepalive_time_ms", round(keepalive.time * 1000)),
         ("grpc.keepalive_timeout_ms", round(keepalive.timeout * 1000)),
+        # Newer gRPC cores time an unanswered ping out by this one (default 1 minute).
+        ("grpc.http2.ping_timeout_ms", round(keepalive.timeout * 1000)),
     ]
 
 

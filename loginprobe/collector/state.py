@@ -164,6 +164,16 @@ class RedisState:
             self.available, self.down_since, self.error = True, None, ""
         return before
 
+    async def until_available(self, key: str, seq: int, floor: int, every: float = 0.5) -> int:
+        """advance(), retried until the store answers: fail closed, nothing is acknowledged
+        meanwhile (the agent keeps its results spooled, gRPC's flow control holds back what
+        it sends), and the stream goes on by itself once the store is back."""
+        while True:
+            try:
+                return await self.advance(key, seq, floor)
+            except StateUnavailable:
+                await asyncio.sleep(every)
+
     async def ping(self) -> None:
         """A probe while no agent sends: keeps /healthz true when the fleet is quiet."""
         import redis.exceptions
