@@ -10,7 +10,9 @@ import math
 import random
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -59,6 +61,9 @@ MAX_BATCH_BYTES = 1 << 20  # well under gRPC's default 4 MiB message limit
 OUTAGE_WARN_INTERVAL = 60.0  # seconds between warnings that the collector is still away
 
 
+Resolve = Callable[..., Awaitable[list[tuple[Any, ...]]]]  # loop.getaddrinfo's signature
+
+
 class FatalError(Exception):
     """The collector refused this agent for good; the message is one sentence."""
 
@@ -100,12 +105,12 @@ class Uplink:
         self._turn = random.randrange(1 << 30)
         self.endpoint = ""  # the collector endpoint of the current (or last) stream
 
-    async def endpoints(self) -> list[tuple[str, str | None]]:
+    async def endpoints(self, resolve: Resolve | None = None) -> list[tuple[str, str | None]]:
         """(gRPC target, TLS name to verify or None) of every endpoint, in order: each
         configured address, and a name with several addresses as each of them (resolved
         again at every connect, so a changed set of replicas is followed)."""
         out: list[tuple[str, str | None]] = []
-        loop = asyncio.get_running_loop()
+        resolve = resolve or asyncio.get_running_loop().getaddrinfo
         for address in self.cfg.collector.addresses:
             host, port = split_host_port(address)
             try:
@@ -115,7 +120,7 @@ class Uplink:
             except ValueError:
                 pass
             try:
-                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+                infos = await resolve(host, port, type=socket.SOCK_STREAM)
             except OSError:
                 infos = []  # gRPC resolves the name itself, and says why it cannot
             ips = list(dict.fromkeys(str(info[4][0]) for info in infos))
