@@ -373,7 +373,14 @@ class FleetCollector(Collector):
         for agent, t in dict(s.last_result).items():
             if agent in live:
                 last.add_metric([agent], t)
-        yield from (received, duplicate, rejected, connected, last)
+        doubled = CounterMetricFamily(
+            "loginprobe_collector_results_doubled",
+            "Results this replica processed that another had processed too (it was frozen "
+            "past the agent's keepalive meanwhile); shared state only.", labels=["agent"])
+        for agent, n in dict(s.doubled).items():
+            if agent in live:
+                doubled.add_metric([agent], n)
+        yield from (received, duplicate, rejected, connected, last, doubled)
 
 
 def serve_metrics(
