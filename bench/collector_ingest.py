@@ -8,11 +8,18 @@ to acknowledged.
     python3 -m bench.collector_ingest --results-log          # with the JSONL sink (decodes all)
     python3 -m bench.collector_ingest --metrics              # with /metrics and result metrics
     python3 -m bench.collector_ingest --exports              # metrics, OTLP traces, event log
+    python3 -m bench.collector_ingest --redis                # marks in Redis (state: redis://)
+    python3 -m bench.collector_ingest --redis --replicas 2 --plaintext --streams 10000 \
+        --rate 1000 --flush 10 --connect-time 300           # how many streams two replicas hold
 
 By default the collector runs without /metrics, so the figure is ingest alone (validate,
 dedupe, count, acknowledge); --metrics adds the exporter that turns every result into the
 contract's Prometheus series; --exports adds that and OTLP traces (to a receiver in this
 process that counts and discards them, successes sampled at 0.1) and the JSON event log.
+Without --redis each agent's mark goes to the local state file (the default); --redis
+keeps them in a real redis-server (append-only, fsync every second, on the load
+generator's core) and prints Redis operations per batch; --replicas N runs N collectors on
+the collector core, stream i going to replica i mod N, and prints memory per stream.
 
 Each stream produces results evenly at rate/streams per second and sends what it has every
 --flush seconds (streams staggered over the interval, as a fleet would be). A result's
@@ -48,7 +55,7 @@ from bench.common import (
     raise_nofile,
 )
 from devstack.certs import PKI
-from devstack.fleet import Collector, collector_config, new_token
+from devstack.fleet import Collector, collector_config, free_port, new_token
 from loginprobe.codec import Report, to_wire
 from loginprobe.contract import Reason
 from loginprobe.result import DNSInfo, Phase, Result, TLSInfo
@@ -143,10 +150,12 @@ async def _stream(
     # A local subchannel pool gives each stream its own TCP (and TLS) connection, as 1,000
     # separate agents would have, instead of sharing one.
     options = [("grpc.use_local_subchannel_pool", 1)]
+    addresses = args.address.split(",")
+    address = addresses[index % len(addresses)]
     if creds is None:
-        channel = grpc.aio.insecure_channel(args.address, options=options)
+        channel = grpc.aio.insecure_channel(address, options=options)
     else:
-        channel = grpc.aio.secure_channel(args.address, creds, options=options)
+        channel = grpc.aio.secure_channel(address, creds, options=options)
     call = channel.stream_stream(
         CONNECT, request_serializer=lambda b: b, response_deserializer=pb.ConnectResponse.FromString
     )(metadata=(("authorization", f"Bearer {token}"),))
@@ -283,6 +292,16 @@ class _Receiver:
         self.server.stop(0)
 
 
+def _redis_calls(port: int) -> int:
+    """Script calls Redis has served (the collectors' only commands but PING)."""
+    import redis as redis_client
+
+    with redis_client.Redis(port=port) as r:
+        stats = r.info("commandstats")
+    return sum(int(v["calls"]) for k, v in stats.items() if k in ("cmdstat_evalsha",
+                                                                      "cmdstat_eval"))
+
+
 def _rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -302,6 +321,8 @@ def main() -> int:
     p.add_argument("--metrics", action="store_true", help="with /metrics (result metrics)")
     p.add_argument("--exports", action="store_true",
                    help="with /metrics, OTLP traces and the event log")
+    p.add_argument("--redis", action="store_true", help="marks in Redis (state: redis://)")
+    p.add_argument("--replicas", type=int, default=1, help="collectors sharing the streams")
     p.add_argument("--success-ratio", type=float, default=0.1,
                    help="with --exports: traces.success_sample_ratio (0: no span is sent)")
     # Internal: the load generator's side.
@@ -349,8 +370,25 @@ def main() -> int:
             config["event_log"] = {"file": str(folder / "events.jsonl")}
         elif not args.metrics:
             config["metrics_listen"] = None
-        collector = Collector(folder / "collector", config, pki)
-        collector.start_healthy(timeout=60, cpu=COLLECTOR_CPU)
+        redis = None
+        if args.redis:
+            from devstack.redis import Redis
+
+            redis = Redis(folder / "redis", fsync="everysec").start()
+            subprocess.run(["taskset", "-cp", str(LOAD_CPU), str(redis.pid)], check=True,
+                           capture_output=True)
+            config["state"] = redis.url
+        collectors = []
+        for i in range(args.replicas):
+            settings = dict(config)
+            if i:
+                settings["listen"] = f"127.0.0.1:{free_port()}"
+                if settings.get("metrics_listen"):
+                    settings["metrics_listen"] = f"127.0.0.1:{free_port()}"
+            collectors.append(Collector(folder / f"collector{i}", settings, pki))
+            collectors[-1].start_healthy(timeout=60, cpu=COLLECTOR_CPU)
+        collector = collectors[0]
+        idle_kib = [_rss_kib(c.pid) for c in collectors]
         argv = [
             "taskset",
             "-c",
@@ -360,7 +398,7 @@ def main() -> int:
             "bench.collector_ingest",
             "--load",
             "--address",
-            collector.address,
+            ",".join(c.address for c in collectors),
             "--tokens",
             str(folder / "tokens.json"),
             "--streams",
@@ -400,15 +438,19 @@ def main() -> int:
                     if event["event"] == "connected":
                         print(f"# {args.streams} streams connected in {event['seconds']:.1f}s")
                     elif event["event"] == "window":
-                        cpu.append(process_cpu_seconds(collector.pid))
+                        cpu.append(sum(process_cpu_seconds(c.pid) for c in collectors))
                         walls.append(time.monotonic())
                         rss_kib = _rss_kib(collector.pid)
+                        all_kib = [_rss_kib(c.pid) for c in collectors]
                     else:
                         done = event
             if load.returncode != 0 or not done:
                 raise SystemExit(f"the load generator failed ({load.returncode})")
         finally:
-            status = collector.stop()
+            ops = _redis_calls(redis.port) if redis is not None else 0
+            status = max(c.stop() for c in collectors)
+            if redis is not None:
+                redis.stop()
         busy = (cpu[1] - cpu[0]) / (walls[1] - walls[0])
         rate = done["acked_per_second"]
         print(f"results acknowledged      {rate:10,.0f} /s   (offered {args.rate:,.0f}/s)")
@@ -423,6 +465,16 @@ def main() -> int:
         print(f"batch sent -> acked p99   {done['sent_p99'] * 1000:10.1f} ms")
         print(f"batches acked             {done['batches']:10,}   results {done['acked_total']:,}")
         print(f"collector resident memory {rss_kib / 1024:10.0f} MiB")
+        if args.replicas > 1:
+            per = [(k - i) / (args.streams / args.replicas) for k, i in zip(all_kib, idle_kib,
+                                                                            strict=True)]
+            print(f"replicas                  {args.replicas:10}   resident "
+                  + ", ".join(f"{k / 1024:.0f}" for k in all_kib) + " MiB; per stream "
+                  + ", ".join(f"{x:.1f}" for x in per) + " KiB")
+        if redis is not None:
+            per_batch = (ops - args.streams) / max(1, done["batches"])
+            print(f"Redis calls per batch     {per_batch:10.2f}   ({ops:,} EVALSHA/EVAL: "
+                  f"{args.streams:,} hellos, {done['batches']:,} batches acked)")
         if receiver is not None:
             print(f"spans received            {receiver.spans:10,}   "
                   f"(roots {receiver.roots:,}; successes sampled at {args.success_ratio:g}, "

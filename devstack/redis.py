@@ -19,12 +19,19 @@ class Redis:
     append-only file before answering (appendfsync always), so a kill -9 loses nothing;
     persist=False keeps everything in memory, so a restart comes back empty."""
 
-    def __init__(self, folder: Path, persist: bool = True, port: int | None = None) -> None:
+    def __init__(self, folder: Path, persist: bool = True, port: int | None = None,
+                 fsync: str = "always") -> None:
         self.folder = folder
         self.persist = persist
+        self.fsync = fsync  # appendfsync: always, everysec (production's usual) or no
         self.port = port or free_port()
         self.popen: subprocess.Popen[bytes] | None = None
         folder.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None, "not started"
+        return self.popen.pid
 
     @property
     def url(self) -> str:
@@ -40,7 +47,7 @@ class Redis:
                 "--save", "", "--daemonize", "no", "--protected-mode", "no",
                 "--logfile", str(self.folder / "redis.log")]
         if self.persist:
-            argv += ["--appendonly", "yes", "--appendfsync", "always"]
+            argv += ["--appendonly", "yes", "--appendfsync", self.fsync]
         self.popen = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                       start_new_session=True)
         wait_for(f"redis-server on {self.port}", self._answers, 10)
