@@ -104,17 +104,22 @@ class StateFile:
         self._file.close()
 
 
-# KEYS[1] the mark; ARGV[1] the highest seq now processed (a batch's last, or the agent's
-# acknowledged seq at hello); ARGV[2] a floor this replica knows of (the mark it last saw).
-# Returns the mark before this call, taking the floor into account, and stores the new one:
-# one round trip and one atomic step per batch, whichever replica runs it.
+# For each KEYS[i], a mark: ARGV[2i-1] the highest seq now processed (a batch's last, or
+# the agent's acknowledged seq at hello), ARGV[2i] a floor this replica knows of (the mark
+# it last saw). Returns each mark as it was before, floor included, and stores the new one:
+# one atomic step for the advances of every stream that came in meanwhile.
 _ADVANCE = """
-local stored = tonumber(redis.call('GET', KEYS[1]) or '0')
-local before = math.max(stored, tonumber(ARGV[2]))
-local after = math.max(before, tonumber(ARGV[1]))
-if after ~= stored then redis.call('SET', KEYS[1], string.format('%d', after)) end
-return string.format('%d', before)
+local out = {}
+for i = 1, #KEYS do
+  local stored = tonumber(redis.call('GET', KEYS[i]) or '0')
+  local before = math.max(stored, tonumber(ARGV[2 * i]))
+  local after = math.max(before, tonumber(ARGV[2 * i - 1]))
+  if after ~= stored then redis.call('SET', KEYS[i], string.format('%d', after)) end
+  out[i] = string.format('%d', before)
+end
+return out
 """
+_GROUP = 500  # advances in one script call at most
 
 
 def _where(url: str) -> str:
@@ -126,9 +131,12 @@ def _where(url: str) -> str:
 
 
 class RedisState:
-    """High-water marks in Redis, advanced by one Lua script per batch. Fails closed: an
-    error raises StateUnavailable, which the caller answers by not acknowledging; the
-    first failure is logged once, and so is the recovery."""
+    """High-water marks in Redis, advanced by a Lua script. One call at a time: a stream
+    whose advance finds none in flight sends it at once, in the same step of the event loop
+    as its sinks; advances that arrive while one is in flight go together in the next (a
+    group commit: one round trip for many batches under load, and one connection). Fails
+    closed: an error raises StateUnavailable, which the caller answers by not
+    acknowledging; the first failure is logged once, and so is the recovery."""
 
     prefix = "loginprobe:mark:"
 
@@ -147,22 +155,60 @@ class RedisState:
         self.error = ""
         self.failures = 0  # calls that failed, for loginprobe_collector_state_errors_total
         self.calls = 0  # round trips, for the benchmark's operations per batch
+        self._pending: list[tuple[str, int, int, asyncio.Future[int]]] = []
+        self._busy = False  # a call is in flight, or its successor is about to send
+        self._next: asyncio.Task[None] | None = None  # that successor (kept referenced)
 
     async def advance(self, key: str, seq: int, floor: int) -> int:
         """Store max(mark, floor, seq); return max(mark, floor) as it was before."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pending.append((key, seq, floor, future))
+        if not self._busy:
+            self._busy = True
+            await self._send()  # this stream leads: its advance leaves now
+        return await future
+
+    async def _send(self) -> None:
+        """One script call for what is pending; then the next group's call, in a task of
+        its own so that no stream's ack waits for others' groups."""
         import redis.exceptions
 
+        group, self._pending = self._pending[:_GROUP], self._pending[_GROUP:]
         self.calls += 1
         try:
-            before = int(await self._script(keys=[self.prefix + key], args=[seq, floor]))
+            befores = await self._script(
+                keys=[self.prefix + key for key, _, _, _ in group],
+                args=[n for _, seq, floor, _ in group for n in (seq, floor)])
         except (redis.exceptions.RedisError, OSError) as exc:
             self._down(exc)
-            raise StateUnavailable(f"the state store {self.where} is unreachable") from None
+            self._fail(group)
+        except BaseException:
+            # The leading stream was cancelled mid-call: the others of its group try again
+            # (an advance is idempotent: the marks only grow).
+            self._fail(group)
+            raise
+        else:
+            self._up()
+            for (*_, future), before in zip(group, befores, strict=True):
+                if not future.done():  # its stream may have ended meanwhile
+                    future.set_result(int(before))
+        finally:
+            if self._pending:
+                self._next = asyncio.get_running_loop().create_task(self._send())
+            else:
+                self._busy = False
+
+    def _fail(self, group: list[tuple[str, int, int, asyncio.Future[int]]]) -> None:
+        for *_, future in group:
+            if not future.done():
+                future.set_exception(
+                    StateUnavailable(f"the state store {self.where} is unreachable"))
+
+    def _up(self) -> None:
         if not self.available:
             log.info("state store %s reachable again after %.0fs; acknowledging results again",
                      self.where, time.monotonic() - (self.down_since or time.monotonic()))
             self.available, self.down_since, self.error = True, None, ""
-        return before
 
     async def until_available(self, key: str, seq: int, floor: int, every: float = 0.5) -> int:
         """advance(), retried until the store answers: fail closed, nothing is acknowledged
@@ -183,10 +229,7 @@ class RedisState:
         except (redis.exceptions.RedisError, OSError) as exc:
             self._down(exc)
             return
-        if not self.available:
-            log.info("state store %s reachable again after %.0fs; acknowledging results again",
-                     self.where, time.monotonic() - (self.down_since or time.monotonic()))
-            self.available, self.down_since, self.error = True, None, ""
+        self._up()
 
     def _down(self, exc: BaseException) -> None:
         self.failures += 1
