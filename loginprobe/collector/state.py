@@ -120,6 +120,9 @@ end
 return out
 """
 _GROUP = 500  # advances in one script call at most
+# Calls in flight at once: one would do for throughput, but then every advance waits out a
+# whole round trip before its group can go (a slow or busy Redis would add it to acks).
+_IN_FLIGHT = 4
 
 
 def _where(url: str) -> str:
@@ -131,10 +134,11 @@ def _where(url: str) -> str:
 
 
 class RedisState:
-    """High-water marks in Redis, advanced by a Lua script. One call at a time: a stream
-    whose advance finds none in flight sends it at once, in the same step of the event loop
-    as its sinks; advances that arrive while one is in flight go together in the next (a
-    group commit: one round trip for many batches under load, and one connection). Fails
+    """High-water marks in Redis, advanced by a Lua script. A few calls at a time: a
+    stream whose advance finds a free slot sends it at once, in the same step of the event
+    loop as its sinks; advances that arrive while all slots are busy go together in the
+    next (a group commit: one round trip for many batches under load, and few
+    connections). Fails
     closed: an error raises StateUnavailable, which the caller answers by not
     acknowledging; the first failure is logged once, and so is the recovery."""
 
@@ -156,15 +160,15 @@ class RedisState:
         self.failures = 0  # calls that failed, for loginprobe_collector_state_errors_total
         self.calls = 0  # round trips, for the benchmark's operations per batch
         self._pending: list[tuple[str, int, int, asyncio.Future[int]]] = []
-        self._busy = False  # a call is in flight, or its successor is about to send
-        self._next: asyncio.Task[None] | None = None  # that successor (kept referenced)
+        self._in_flight = 0  # calls in flight, or successors about to send
+        self._next: set[asyncio.Task[None]] = set()  # those successors (kept referenced)
 
     async def advance(self, key: str, seq: int, floor: int) -> int:
         """Store max(mark, floor, seq); return max(mark, floor) as it was before."""
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pending.append((key, seq, floor, future))
-        if not self._busy:
-            self._busy = True
+        if self._in_flight < _IN_FLIGHT:
+            self._in_flight += 1
             await self._send()  # this stream leads: its advance leaves now
         return await future
 
@@ -194,9 +198,11 @@ class RedisState:
                     future.set_result(int(before))
         finally:
             if self._pending:
-                self._next = asyncio.get_running_loop().create_task(self._send())
+                task = asyncio.get_running_loop().create_task(self._send())
+                self._next.add(task)
+                task.add_done_callback(self._next.discard)
             else:
-                self._busy = False
+                self._in_flight -= 1
 
     def _fail(self, group: list[tuple[str, int, int, asyncio.Future[int]]]) -> None:
         for *_, future in group:
