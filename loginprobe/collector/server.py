@@ -204,7 +204,6 @@ class CollectorService:
             if exc.reason != "credential_in_use":  # that one is logged once, by its maker
                 log.warning("refused a message from agent %s (%s): %s", agent.id, exc.reason,
                             exc)
-            session = None  # never opened: closing it must not end the live stream
             await context.abort(exc.code, str(exc))
         except asyncio.CancelledError:
             # A kick cancels an idle handler; turn that into the kick's status. A handler
