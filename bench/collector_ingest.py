@@ -215,9 +215,9 @@ async def _load(args: argparse.Namespace, tokens: list[str], ca: bytes | None) -
         asyncio.create_task(
             _stream(i, args, creds, tokens[i], template, start, stop, connected, tally)
         )
-        for i in range(args.streams)
+        for i in range(args.first, args.first + args.count)
     ]
-    for _ in range(args.streams):
+    for _ in range(args.count):
         await asyncio.wait_for(connected.get(), args.connect_time + 30)
     ready_at = time.time()
     if ready_at > start:
@@ -323,6 +323,8 @@ def main() -> int:
                    help="with /metrics, OTLP traces and the event log")
     p.add_argument("--redis", action="store_true", help="marks in Redis (state: redis://)")
     p.add_argument("--replicas", type=int, default=1, help="collectors sharing the streams")
+    p.add_argument("--load-procs", type=int, default=1,
+                   help="load generator processes (one gRPC process stalls past ~1,500)")
     p.add_argument("--success-ratio", type=float, default=0.1,
                    help="with --exports: traces.success_sample_ratio (0: no span is sent)")
     # Internal: the load generator's side.
@@ -330,6 +332,8 @@ def main() -> int:
     p.add_argument("--address", help=argparse.SUPPRESS)
     p.add_argument("--ca", help=argparse.SUPPRESS)
     p.add_argument("--tokens", help=argparse.SUPPRESS)
+    p.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args()
     raise_nofile(4 * args.streams + 256)
     if args.load:
@@ -428,10 +432,30 @@ def main() -> int:
         rss_kib = 0
         walls: list[float] = []
         done: dict[str, Any] = {}
+        share = math.ceil(args.streams / args.load_procs)
+        others: list[subprocess.Popen[str]] = []
+        others_done: list[dict[str, Any]] = []
+
+        def launch(first: int) -> subprocess.Popen[str]:
+            count = min(share, args.streams - first)
+            return subprocess.Popen(
+                [*argv, "--first", str(first), "--count", str(count)], stdout=subprocess.PIPE,
+                text=True, cwd=Path(__file__).resolve().parent.parent)
+
+        def collect(proc: subprocess.Popen[str]) -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                event = json.loads(line)
+                if event["event"] == "done":
+                    others_done.append(event)
+
         try:
-            with subprocess.Popen(
-                argv, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent
-            ) as load:
+            import threading
+
+            for first in range(share, args.streams, share):
+                others.append(launch(first))
+                threading.Thread(target=collect, args=(others[-1],), daemon=True).start()
+            with launch(0) as load:
                 assert load.stdout is not None
                 for line in load.stdout:
                     event = json.loads(line)
@@ -444,8 +468,16 @@ def main() -> int:
                         all_kib = [_rss_kib(c.pid) for c in collectors]
                     else:
                         done = event
-            if load.returncode != 0 or not done:
-                raise SystemExit(f"the load generator failed ({load.returncode})")
+            for proc in others:
+                proc.wait()
+            codes = [load.returncode, *(proc.returncode for proc in others)]
+            if any(codes) or not done or len(others_done) != len(others):
+                raise SystemExit(f"the load generator failed ({codes})")
+            for other in others_done:  # counts add up; latencies are the first process's
+                done["acked_per_second"] += other["acked_per_second"]
+                done["acked_total"] += other["acked_total"]
+                done["batches"] += other["batches"]
+                done["errors"] += other["errors"]
         finally:
             ops = _redis_calls(redis.port) if redis is not None else 0
             status = max(c.stop() for c in collectors)
