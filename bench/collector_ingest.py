@@ -149,6 +149,8 @@ async def _stream(
 ) -> None:
     # A local subchannel pool gives each stream its own TCP (and TLS) connection, as 1,000
     # separate agents would have, instead of sharing one.
+    if args.connect_rate:  # in waves, as a fleet's start times and jitter spread it
+        await asyncio.sleep(index / args.connect_rate - (time.time() - start + args.connect_time))
     options = [("grpc.use_local_subchannel_pool", 1)]
     addresses = args.address.split(",")
     address = addresses[index % len(addresses)]
@@ -323,6 +325,8 @@ def main() -> int:
                    help="with /metrics, OTLP traces and the event log")
     p.add_argument("--redis", action="store_true", help="marks in Redis (state: redis://)")
     p.add_argument("--replicas", type=int, default=1, help="collectors sharing the streams")
+    p.add_argument("--connect-rate", type=float, default=0,
+                   help="streams opened per second (0: all at once)")
     p.add_argument("--load-procs", type=int, default=1,
                    help="load generator processes (one gRPC process stalls past ~1,500)")
     p.add_argument("--success-ratio", type=float, default=0.1,
@@ -415,6 +419,8 @@ def main() -> int:
             str(args.duration),
             "--connect-time",
             str(args.connect_time),
+            "--connect-rate",
+            str(args.connect_rate),
         ]
         if pki is not None:
             argv += ["--ca", str(pki.ca_file)]
