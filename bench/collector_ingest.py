@@ -8,11 +8,18 @@ to acknowledged.
     python3 -m bench.collector_ingest --results-log          # with the JSONL sink (decodes all)
     python3 -m bench.collector_ingest --metrics              # with /metrics and result metrics
     python3 -m bench.collector_ingest --exports              # metrics, OTLP traces, event log
+    python3 -m bench.collector_ingest --redis                # marks in Redis (state: redis://)
+    python3 -m bench.collector_ingest --redis --replicas 2 --plaintext --streams 10000 \
+        --rate 1000 --flush 10 --connect-time 300           # how many streams two replicas hold
 
 By default the collector runs without /metrics, so the figure is ingest alone (validate,
 dedupe, count, acknowledge); --metrics adds the exporter that turns every result into the
 contract's Prometheus series; --exports adds that and OTLP traces (to a receiver in this
 process that counts and discards them, successes sampled at 0.1) and the JSON event log.
+Without --redis each agent's mark goes to the local state file (the default); --redis
+keeps them in a real redis-server (append-only, fsync every second, on the load
+generator's core) and prints Redis operations per batch; --replicas N runs N collectors on
+the collector core, stream i going to replica i mod N, and prints memory per stream.
 
 Each stream produces results evenly at rate/streams per second and sends what it has every
 --flush seconds (streams staggered over the interval, as a fleet would be). A result's
@@ -48,7 +55,7 @@ from bench.common import (
     raise_nofile,
 )
 from devstack.certs import PKI
-from devstack.fleet import Collector, collector_config, new_token
+from devstack.fleet import Collector, collector_config, free_port, new_token
 from loginprobe.codec import Report, to_wire
 from loginprobe.contract import Reason
 from loginprobe.result import DNSInfo, Phase, Result, TLSInfo
@@ -142,11 +149,15 @@ async def _stream(
 ) -> None:
     # A local subchannel pool gives each stream its own TCP (and TLS) connection, as 1,000
     # separate agents would have, instead of sharing one.
+    if args.connect_rate:  # in waves, as a fleet's start times and jitter spread it
+        await asyncio.sleep(index / args.connect_rate - (time.time() - start + args.connect_time))
     options = [("grpc.use_local_subchannel_pool", 1)]
+    addresses = args.address.split(",")
+    address = addresses[index % len(addresses)]
     if creds is None:
-        channel = grpc.aio.insecure_channel(args.address, options=options)
+        channel = grpc.aio.insecure_channel(address, options=options)
     else:
-        channel = grpc.aio.secure_channel(args.address, creds, options=options)
+        channel = grpc.aio.secure_channel(address, creds, options=options)
     call = channel.stream_stream(
         CONNECT, request_serializer=lambda b: b, response_deserializer=pb.ConnectResponse.FromString
     )(metadata=(("authorization", f"Bearer {token}"),))
@@ -206,9 +217,9 @@ async def _load(args: argparse.Namespace, tokens: list[str], ca: bytes | None) -
         asyncio.create_task(
             _stream(i, args, creds, tokens[i], template, start, stop, connected, tally)
         )
-        for i in range(args.streams)
+        for i in range(args.first, args.first + args.count)
     ]
-    for _ in range(args.streams):
+    for _ in range(args.count):
         await asyncio.wait_for(connected.get(), args.connect_time + 30)
     ready_at = time.time()
     if ready_at > start:
@@ -283,6 +294,16 @@ class _Receiver:
         self.server.stop(0)
 
 
+def _redis_calls(port: int) -> int:
+    """Script calls Redis has served (the collectors' only commands but PING)."""
+    import redis as redis_client
+
+    with redis_client.Redis(port=port) as r:
+        stats = r.info("commandstats")
+    return sum(int(v["calls"]) for k, v in stats.items() if k in ("cmdstat_evalsha",
+                                                                      "cmdstat_eval"))
+
+
 def _rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -302,6 +323,12 @@ def main() -> int:
     p.add_argument("--metrics", action="store_true", help="with /metrics (result metrics)")
     p.add_argument("--exports", action="store_true",
                    help="with /metrics, OTLP traces and the event log")
+    p.add_argument("--redis", action="store_true", help="marks in Redis (state: redis://)")
+    p.add_argument("--replicas", type=int, default=1, help="collectors sharing the streams")
+    p.add_argument("--connect-rate", type=float, default=0,
+                   help="streams opened per second (0: all at once)")
+    p.add_argument("--load-procs", type=int, default=1,
+                   help="load generator processes (one gRPC process stalls past ~1,500)")
     p.add_argument("--success-ratio", type=float, default=0.1,
                    help="with --exports: traces.success_sample_ratio (0: no span is sent)")
     # Internal: the load generator's side.
@@ -309,6 +336,8 @@ def main() -> int:
     p.add_argument("--address", help=argparse.SUPPRESS)
     p.add_argument("--ca", help=argparse.SUPPRESS)
     p.add_argument("--tokens", help=argparse.SUPPRESS)
+    p.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args()
     raise_nofile(4 * args.streams + 256)
     if args.load:
@@ -349,8 +378,25 @@ def main() -> int:
             config["event_log"] = {"file": str(folder / "events.jsonl")}
         elif not args.metrics:
             config["metrics_listen"] = None
-        collector = Collector(folder / "collector", config, pki)
-        collector.start_healthy(timeout=60, cpu=COLLECTOR_CPU)
+        redis = None
+        if args.redis:
+            from devstack.redis import Redis
+
+            redis = Redis(folder / "redis", fsync="everysec").start()
+            subprocess.run(["taskset", "-cp", str(LOAD_CPU), str(redis.pid)], check=True,
+                           capture_output=True)
+            config["state"] = redis.url
+        collectors = []
+        for i in range(args.replicas):
+            settings = dict(config)
+            if i:
+                settings["listen"] = f"127.0.0.1:{free_port()}"
+                if settings.get("metrics_listen"):
+                    settings["metrics_listen"] = f"127.0.0.1:{free_port()}"
+            collectors.append(Collector(folder / f"collector{i}", settings, pki))
+            collectors[-1].start_healthy(timeout=60, cpu=COLLECTOR_CPU)
+        collector = collectors[0]
+        idle_kib = [_rss_kib(c.pid) for c in collectors]
         argv = [
             "taskset",
             "-c",
@@ -360,7 +406,7 @@ def main() -> int:
             "bench.collector_ingest",
             "--load",
             "--address",
-            collector.address,
+            ",".join(c.address for c in collectors),
             "--tokens",
             str(folder / "tokens.json"),
             "--streams",
@@ -373,6 +419,8 @@ def main() -> int:
             str(args.duration),
             "--connect-time",
             str(args.connect_time),
+            "--connect-rate",
+            str(args.connect_rate),
         ]
         if pki is not None:
             argv += ["--ca", str(pki.ca_file)]
@@ -390,25 +438,57 @@ def main() -> int:
         rss_kib = 0
         walls: list[float] = []
         done: dict[str, Any] = {}
+        share = math.ceil(args.streams / args.load_procs)
+        others: list[subprocess.Popen[str]] = []
+        others_done: list[dict[str, Any]] = []
+
+        def launch(first: int) -> subprocess.Popen[str]:
+            count = min(share, args.streams - first)
+            return subprocess.Popen(
+                [*argv, "--first", str(first), "--count", str(count)], stdout=subprocess.PIPE,
+                text=True, cwd=Path(__file__).resolve().parent.parent)
+
+        def collect(proc: subprocess.Popen[str]) -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                event = json.loads(line)
+                if event["event"] == "done":
+                    others_done.append(event)
+
         try:
-            with subprocess.Popen(
-                argv, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent
-            ) as load:
+            import threading
+
+            for first in range(share, args.streams, share):
+                others.append(launch(first))
+                threading.Thread(target=collect, args=(others[-1],), daemon=True).start()
+            with launch(0) as load:
                 assert load.stdout is not None
                 for line in load.stdout:
                     event = json.loads(line)
                     if event["event"] == "connected":
                         print(f"# {args.streams} streams connected in {event['seconds']:.1f}s")
                     elif event["event"] == "window":
-                        cpu.append(process_cpu_seconds(collector.pid))
+                        cpu.append(sum(process_cpu_seconds(c.pid) for c in collectors))
                         walls.append(time.monotonic())
                         rss_kib = _rss_kib(collector.pid)
+                        all_kib = [_rss_kib(c.pid) for c in collectors]
                     else:
                         done = event
-            if load.returncode != 0 or not done:
-                raise SystemExit(f"the load generator failed ({load.returncode})")
+            for proc in others:
+                proc.wait()
+            codes = [load.returncode, *(proc.returncode for proc in others)]
+            if any(codes) or not done or len(others_done) != len(others):
+                raise SystemExit(f"the load generator failed ({codes})")
+            for other in others_done:  # counts add up; latencies are the first process's
+                done["acked_per_second"] += other["acked_per_second"]
+                done["acked_total"] += other["acked_total"]
+                done["batches"] += other["batches"]
+                done["errors"] += other["errors"]
         finally:
-            status = collector.stop()
+            ops = _redis_calls(redis.port) if redis is not None else 0
+            status = max(c.stop() for c in collectors)
+            if redis is not None:
+                redis.stop()
         busy = (cpu[1] - cpu[0]) / (walls[1] - walls[0])
         rate = done["acked_per_second"]
         print(f"results acknowledged      {rate:10,.0f} /s   (offered {args.rate:,.0f}/s)")
@@ -423,6 +503,16 @@ def main() -> int:
         print(f"batch sent -> acked p99   {done['sent_p99'] * 1000:10.1f} ms")
         print(f"batches acked             {done['batches']:10,}   results {done['acked_total']:,}")
         print(f"collector resident memory {rss_kib / 1024:10.0f} MiB")
+        if args.replicas > 1:
+            per = [(k - i) / (args.streams / args.replicas) for k, i in zip(all_kib, idle_kib,
+                                                                            strict=True)]
+            print(f"replicas                  {args.replicas:10}   resident "
+                  + ", ".join(f"{k / 1024:.0f}" for k in all_kib) + " MiB; per stream "
+                  + ", ".join(f"{x:.1f}" for x in per) + " KiB")
+        if redis is not None:
+            per_batch = (ops - args.streams) / max(1, done["batches"])
+            print(f"Redis calls per batch     {per_batch:10.2f}   ({ops:,} EVALSHA/EVAL: "
+                  f"{args.streams:,} hellos, {done['batches']:,} batches acked)")
         if receiver is not None:
             print(f"spans received            {receiver.spans:10,}   "
                   f"(roots {receiver.roots:,}; successes sampled at {args.success_ratio:g}, "

@@ -232,6 +232,7 @@ def collector_config(
         "agents": agents,
         "checks": checks or [],
         "results_log": str(folder / "results.jsonl"),
+        "state": str(folder / "collector.state"),
         "shutdown_grace": "2s",
     }
     if pki is None:
@@ -254,24 +255,26 @@ class Agent(Proc):
         labels: dict[str, str] | None = None, spool: dict[str, Any] | None = None,
         passwords: dict[str, dict[str, str]] | None = None,
         paths: list[dict[str, Any]] | None = None,
+        link: dict[str, Any] | None = None,
     ) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         super().__init__("agent", folder / "agent.yaml")
         self.folder = folder
         self.spool_path = folder / "spool.db"
         self.listen = f"127.0.0.1:{free_port()}"
-        link: dict[str, Any] = {"address": collector.address}
+        section: dict[str, Any] = {"address": collector.address}
         if collector.pki is None:
-            link["plaintext"] = True
+            section["plaintext"] = True
         else:
-            link["tls"] = {"ca_file": str(collector.pki.ca_file)}
+            section["tls"] = {"ca_file": str(collector.pki.ca_file)}
             if client is not None:
-                link["tls"].update(cert_file=str(client.cert), key_file=str(client.key))
+                section["tls"].update(cert_file=str(client.cert), key_file=str(client.key))
         if token is not None:
             (folder / "token").write_text(token + "\n", encoding="utf-8")
-            link["token_file"] = str(folder / "token")
+            section["token_file"] = str(folder / "token")
+        section.update(link or {})  # more of it: keepalive, address
         write_yaml(self.config, {
-            "collector": link,
+            "collector": section,
             "labels": labels or {"region": "eu-west", "network_type": "wired"},
             **({"paths": paths} if paths else {}),
             "checks": checks or [],

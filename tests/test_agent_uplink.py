@@ -214,3 +214,27 @@ async def test_a_collector_that_is_away_is_said_with_how_long_and_why(
         await asyncio.gather(task, return_exceptions=True)
         await scheduler.stop()
         await spool.close()
+
+
+async def test_the_collector_address_names_every_replica_in_order(tmp_path: Path) -> None:
+    """A list of addresses, and a name resolving to several (each then verified by TLS
+    against that name), become the endpoints the agent moves through on a broken stream."""
+    cfg = AgentConfig.model_validate({
+        "collector": {"address": ["10.0.0.1:7443", "replicas.example:7443", "[::1]:7443"],
+                      "token_env": "HOME"},
+        "spool": {"path": str(tmp_path / "spool.db")},
+    })
+    assert AgentConfig.model_validate({**cfg.model_dump(mode="json"), "collector": {
+        "address": "10.0.0.1:7443, 10.0.0.2:7443", "token_env": "HOME"}}
+    ).collector.addresses == ["10.0.0.1:7443", "10.0.0.2:7443"]
+
+    async def resolve(host: str, port: int, **_: Any) -> list[tuple[Any, ...]]:
+        assert host == "replicas.example"
+        return [(0, 0, 0, "", (ip, port)) for ip in ("192.0.2.1", "192.0.2.2", "2001:db8::3")]
+
+    uplink = Uplink(cfg, Spool(tmp_path / "s.db", 1 << 20, 3600), Scheduler(
+        lambda r: asyncio.sleep(0), ProbePath.from_config(cfg), concurrency=1))
+    assert await uplink.endpoints(resolve) == [
+        ("10.0.0.1:7443", None), ("192.0.2.1:7443", "replicas.example"),
+        ("192.0.2.2:7443", "replicas.example"), ("[2001:db8::3]:7443", "replicas.example"),
+        ("[::1]:7443", None)]

@@ -47,9 +47,10 @@ def batch(*seqs: int) -> pb.ConnectRequest:
     return pb.ConnectRequest(results=pb.ResultBatch(results=[probe_result(s) for s in seqs]))
 
 
-def hello(labels: dict[str, str] | None = None, last_acked: int = 0) -> pb.ConnectRequest:
+def hello(labels: dict[str, str] | None = None, last_acked: int = 0,
+          spool_id: str = "") -> pb.ConnectRequest:
     return pb.ConnectRequest(hello=pb.Hello(version="test", labels=labels or {},
-                                            last_acked_seq=last_acked))
+                                            last_acked_seq=last_acked, spool_id=spool_id))
 
 
 class Stream:
@@ -73,9 +74,9 @@ class Stream:
         assert isinstance(msg, pb.ConnectResponse)
         return msg
 
-    async def open(self, labels: dict[str, str] | None = None, last_acked: int = 0
-                   ) -> tuple[pb.Welcome, pb.CheckUpdate]:
-        await self.send(hello(labels, last_acked))
+    async def open(self, labels: dict[str, str] | None = None, last_acked: int = 0,
+                   spool_id: str = "") -> tuple[pb.Welcome, pb.CheckUpdate]:
+        await self.send(hello(labels, last_acked, spool_id))
         welcome, checks = await self.read(), await self.read()
         assert welcome.HasField("welcome") and checks.HasField("checks")
         return welcome.welcome, checks.checks

@@ -44,13 +44,7 @@ def kustomize(folder: Path) -> list[dict[str, Any]]:
                                     "overlays/eu-west-cellular"])
 def test_manifests_render_and_validate(folder: str, tmp_path: Path) -> None:
     docs = kustomize(KUBE / folder)
-    rendered = tmp_path / "rendered.yaml"
-    rendered.write_text(yaml.safe_dump_all(docs))
-    done = subprocess.run(["kubernetes-validate", "-k", K8S_VERSION, "--strict", str(rendered)],
-                          capture_output=True, text=True, timeout=120,
-                          env={"PATH": str(Path(shutil.which("python3") or "").parent) + ":"
-                               + str(ROOT / ".venv" / "bin") + ":/usr/bin:/bin"})
-    assert done.returncode == 0, done.stdout + done.stderr
+    validate(docs, tmp_path)
     kinds = {d["kind"] for d in docs}
     for d in docs:
         if d["kind"] != "Deployment":
@@ -67,6 +61,33 @@ def test_manifests_render_and_validate(folder: str, tmp_path: Path) -> None:
         assert {"Deployment", "Service", "ConfigMap", "PodDisruptionBudget"} <= kinds
     else:
         assert "PersistentVolumeClaim" in kinds  # the spool outlives the pod
+
+
+def test_replicas_share_the_redis_the_manifests_ship(tmp_path: Path) -> None:
+    collector, redis = kustomize(KUBE / "collector"), kustomize(KUBE / "redis")
+    validate(redis, tmp_path)
+    deployment = next(d for d in collector if d["kind"] == "Deployment")
+    assert deployment["spec"]["replicas"] >= 2
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    config = yaml.safe_load(next(d for d in collector if d["kind"] == "ConfigMap")
+                            ["data"]["collector.yaml"])
+    service = next(d for d in redis if d["kind"] == "Service")["metadata"]["name"]
+    assert config["state"] == f"redis://{service}:6379/0"
+    pod = next(d for d in redis if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    sc = pod["containers"][0]["securityContext"]
+    assert sc["readOnlyRootFilesystem"] and sc["capabilities"]["drop"] == ["ALL"]
+
+
+def validate(docs: list[dict[str, Any]], tmp_path: Path) -> None:
+    """kubernetes-validate against the API schemas, offline."""
+    rendered = tmp_path / "rendered.yaml"
+    rendered.write_text(yaml.safe_dump_all(docs))
+    done = subprocess.run(["kubernetes-validate", "-k", K8S_VERSION, "--strict", str(rendered)],
+                          capture_output=True, text=True, timeout=120,
+                          env={"PATH": str(Path(shutil.which("python3") or "").parent) + ":"
+                               + str(ROOT / ".venv" / "bin") + ":/usr/bin:/bin"})
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 @pytest.fixture(scope="module")
@@ -118,9 +139,13 @@ def _write_site(folder: Path, servers: Servers, pki: PKI, grpc_port: int,
         {"op": "add", "path": "/spec/template/spec/hostNetwork", "value": True},
         {"op": "remove", "path": "/spec/template/spec/containers/0/ports"},
         {"op": "remove", "path": "/spec/template/spec/containers/0/livenessProbe"}])}
+    # One replica with a local state file: on the host network a second would want the
+    # same ports (and a Redis, which the replica tests run for real).
     no_readiness = {"target": {"kind": "Deployment", "name": "loginprobe-collector"},
                     "patch": json.dumps([{"op": "remove", "path":
-                                          "/spec/template/spec/containers/0/readinessProbe"}])}
+                                          "/spec/template/spec/containers/0/readinessProbe"},
+                                         {"op": "replace", "path": "/spec/replicas",
+                                          "value": 1}])}
     (folder / "kustomization.yaml").write_text(yaml.safe_dump({
         "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
         "resources": [os.path.relpath(KUBE / "collector", folder),

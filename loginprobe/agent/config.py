@@ -60,9 +60,29 @@ class TLS(Strict):
         return key
 
 
+def _joined(value: object) -> object:
+    """A YAML list of addresses as the one string it is kept as."""
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return ",".join(value)
+    return value
+
+
+class Keepalive(Strict):
+    """HTTP/2 pings on the stream: they end a stream to a dead or unreachable collector
+    within time + timeout, even when no result is due. The collector must allow pings this
+    often (its keepalive.min_ping_interval, 5 s by default)."""
+
+    time: Seconds = 10.0
+    timeout: Seconds = 5.0
+
+
 class Collector(Strict):
-    address: str
+    # HOST:PORT, or several (replicas): a list, or one string separated by commas (handy in
+    # an environment variable). On a broken stream the agent reconnects to the next; a name
+    # with several addresses counts as that many endpoints.
+    address: Annotated[str, BeforeValidator(_joined)]
     tls: TLS = TLS()
+    keepalive: Keepalive = Keepalive()
     # The bearer token is read from the environment or a file, never written in this file.
     token_env: str | None = None
     token_file: FilePath | None = None
@@ -72,8 +92,13 @@ class Collector(Strict):
     @field_validator("address")
     @classmethod
     def _address(cls, v: str) -> str:
-        split_host_port(v)
+        for one in v.split(","):
+            split_host_port(one.strip())
         return v
+
+    @property
+    def addresses(self) -> list[str]:
+        return [one.strip() for one in self.address.split(",")]
 
     _token_env = field_validator("token_env")(_env_is_set)
 
@@ -88,7 +113,8 @@ class Collector(Strict):
     @classmethod
     def _transport(cls, v: bool, info: Info) -> bool:
         address = info.data.get("address")
-        if v and address and not is_loopback(split_host_port(address)[0]):
+        addresses = [a.strip() for a in address.split(",")] if address else []
+        if v and not all(is_loopback(split_host_port(a)[0]) for a in addresses):
             raise ValueError(
                 "plaintext is only allowed for a loopback collector (127.0.0.1, ::1, "
                 "localhost); anything else must use TLS"

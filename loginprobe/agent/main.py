@@ -40,7 +40,7 @@ async def _agent(cfg: AgentConfig) -> int:
     if cfg.collector.plaintext:
         log.warning(
             "PLAINTEXT: results and the agent's token go to %s unencrypted; this is only "
-            "acceptable on loopback, for tests", cfg.collector.address,
+            "acceptable on loopback, for tests", ", ".join(cfg.collector.addresses),
         )
     spool = Spool(cfg.spool.path, cfg.spool.max_bytes, cfg.spool.max_age)
     try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import sqlite3
 import time
 from collections.abc import Callable
@@ -59,6 +60,7 @@ class Spool:
         self._db: sqlite3.Connection | None = None
         self.next_seq = 1
         self.acked_seq = 0
+        self.spool_id = ""  # random, for the life of the spool: whose sequence numbers
         self.depth = 0  # results stored
         self.bytes = 0  # their serialized size
         self.oldest_created: float | None = None  # unix time of the oldest stored result
@@ -142,6 +144,12 @@ class Spool:
             self.dropped[reason] = meta.get(f"dropped_{reason}", 0)
         last = db.execute("SELECT max(seq) FROM results").fetchone()[0] or 0
         self.next_seq = max(meta.get("next_seq", 1), last + 1, self.acked_seq + 1)
+        if "spool_id" not in meta:
+            # Made once with the spool (or on the first open of an older one), kept for life.
+            meta["spool_id"] = secrets.randbits(62)
+            db.execute("INSERT INTO meta (key, value) VALUES ('spool_id', ?)",
+                       (meta["spool_id"],))
+        self.spool_id = f"{meta['spool_id']:016x}"
         self._refresh()
         log.info(
             "spool %s: %d results waiting (seq %d..%d), next seq %d",

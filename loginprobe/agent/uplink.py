@@ -4,17 +4,23 @@ out in order, acknowledged results deleted; reconnects with backoff until told t
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import math
+import random
+import socket
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from loginprobe import __version__
+from loginprobe.address import split_host_port
 from loginprobe.agent.backoff import Backoff
-from loginprobe.agent.config import AgentConfig
+from loginprobe.agent.config import AgentConfig, Keepalive
 from loginprobe.agent.scheduler import ASSIGNED, CheckSpec, Scheduler
 from loginprobe.agent.spool import Spool
 from loginprobe.codec import Report, to_wire
@@ -23,23 +29,39 @@ from loginprobe.wire.collector_pb2_grpc import CollectorServiceStub
 
 log = logging.getLogger(__name__)
 
-# Keepalive pings find a dead collector (or a dead NAT mapping) within ~15 s even when no
-# result is due; the collector must permit pings this often.
-CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-    # Subchannels are shared process-wide by default, and with them gRPC's own reconnect
-    # backoff (1 s growing to 2 min): a fresh channel would inherit it and our backoff
-    # would not be the one that decides when we try again.
-    ("grpc.use_local_subchannel_pool", 1),
-]
+
+
+def channel_options(keepalive: Keepalive) -> list[tuple[str, int | str]]:
+    """The channel's options. gRPC ignores a name it does not know, silently:
+    tests/test_keepalive.py checks each against the names in the installed gRPC."""
+    return [
+        # Keepalive pings find a dead collector (or a dead NAT mapping) within
+        # time + timeout even when no result is due; the collector must permit them.
+        ("grpc.keepalive_time_ms", round(keepalive.time * 1000)),
+        ("grpc.keepalive_timeout_ms", round(keepalive.timeout * 1000)),
+        # Newer gRPC cores time an unanswered ping out by this one (default 1 minute),
+        # whatever the keepalive timeout says.
+        ("grpc.http2.ping_timeout_ms", round(keepalive.timeout * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        # Subchannels are shared process-wide by default, and with them gRPC's own
+        # reconnect backoff (1 s growing to 2 min): a fresh channel would inherit it and our
+        # backoff would not be the one that decides when we try again.
+        ("grpc.use_local_subchannel_pool", 1),
+    ]
+
+
 FATAL = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
+# The collector refuses a second live stream of one credential from another spool: another
+# machine uses our credential. Said at ERROR, the spool kept, retried with the backoff.
+REFUSED = grpc.StatusCode.FAILED_PRECONDITION
 CAPABILITIES = ["checks", "clock_offset"]
 DEFAULT_MAX_BATCH = 500
 MAX_BATCH_BYTES = 1 << 20  # well under gRPC's default 4 MiB message limit
 OUTAGE_WARN_INTERVAL = 60.0  # seconds between warnings that the collector is still away
+
+
+Resolve = Callable[..., Awaitable[list[tuple[Any, ...]]]]  # loop.getaddrinfo's signature
 
 
 class FatalError(Exception):
@@ -79,14 +101,46 @@ class Uplink:
         self.refused: dict[str, str] = {}  # assigned checks that cannot run here: why
         self._warned_at = -math.inf
         self._acked = asyncio.Event()  # set on every ack, for drain()
+        # Which endpoint is next; a random start spreads a fleet over the replicas.
+        self._turn = random.randrange(1 << 30)
+        self.endpoint = ""  # the collector endpoint of the current (or last) stream
+
+    async def endpoints(self, resolve: Resolve | None = None) -> list[tuple[str, str | None]]:
+        """(gRPC target, TLS name to verify or None) of every endpoint, in order: each
+        configured address, and a name with several addresses as each of them (resolved
+        again at every connect, so a changed set of replicas is followed)."""
+        out: list[tuple[str, str | None]] = []
+        resolve = resolve or asyncio.get_running_loop().getaddrinfo
+        for address in self.cfg.collector.addresses:
+            host, port = split_host_port(address)
+            try:
+                ipaddress.ip_address(host)
+                out.append((address, None))
+                continue
+            except ValueError:
+                pass
+            try:
+                infos = await resolve(host, port, type=socket.SOCK_STREAM)
+            except OSError:
+                infos = []  # gRPC resolves the name itself, and says why it cannot
+            ips = list(dict.fromkeys(str(info[4][0]) for info in infos))
+            if len(ips) <= 1:
+                out.append((address, None))
+                continue
+            out.extend((f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}", host) for ip in ips)
+        return out
 
     async def run(self) -> None:
         """Keep a stream up until cancelled. Raises FatalError when the collector refuses
         our credential: retrying would not change its mind."""
-        address = self.cfg.collector.address
         while True:
+            refused = ""  # the collector's sentence when it refused this stream
+            endpoints = await self.endpoints()
+            target, name = endpoints[self._turn % len(endpoints)]
+            address = self.endpoint = target
+            self._turn += 1  # a broken stream, or a failed connect: the next one next time
             try:
-                await self._session()
+                await self._session(target, name)
                 why = "the collector closed the stream"
             except grpc.aio.AioRpcError as exc:
                 if exc.code() in FATAL:
@@ -95,6 +149,8 @@ class Uplink:
                         f"({exc.code().name}): {exc.details()}"
                     ) from None
                 why = f"{exc.code().name}: {exc.details()}"
+                if exc.code() == REFUSED:
+                    refused = exc.details() or why
             except (SessionError, OSError, TimeoutError, asyncio.InvalidStateError) as exc:
                 why = str(exc) or type(exc).__name__
             finally:
@@ -108,7 +164,11 @@ class Uplink:
             first = self.backoff.attempt == 0
             again = self.backoff.at_cap and now - self._warned_at >= OUTAGE_WARN_INTERVAL
             delay = self.backoff.delay()
-            if first or again:
+            if refused and (first or again):
+                self._warned_at = now
+                log.error("collector %s refused this stream: %s; %d results wait in the spool; "
+                          "retrying in %.1fs", address, refused, self.spool.depth, delay)
+            elif first or again:
                 self._warned_at = now
                 log.warning("collector %s: %s; not connected for %.0fs, %d results wait in the "
                             "spool; reconnecting in %.1fs", address, why, now - self.down_since,
@@ -131,28 +191,29 @@ class Uplink:
             self._acked.clear()
             await self._acked.wait()
 
-    def _channel(self) -> grpc.aio.Channel:
+    def _channel(self, target: str, name: str | None) -> grpc.aio.Channel:
         c = self.cfg.collector
+        options = channel_options(c.keepalive)
         if c.plaintext:
-            return grpc.aio.insecure_channel(c.address, options=CHANNEL_OPTIONS)
+            return grpc.aio.insecure_channel(target, options=options)
         # Read at every connect, so renewed certificates are used without a restart.
         creds = grpc.ssl_channel_credentials(
             root_certificates=c.tls.ca_file.read_bytes() if c.tls.ca_file else None,
             private_key=c.tls.key_file.read_bytes() if c.tls.key_file else None,
             certificate_chain=c.tls.cert_file.read_bytes() if c.tls.cert_file else None,
         )
-        options = list(CHANNEL_OPTIONS)
-        if c.tls.server_name:
-            options.append(("grpc.ssl_target_name_override", c.tls.server_name))
-        return grpc.aio.secure_channel(c.address, creds, options=options)
+        if c.tls.server_name or name:
+            # An address resolved from a name is verified against that name.
+            options.append(("grpc.ssl_target_name_override", c.tls.server_name or name or ""))
+        return grpc.aio.secure_channel(target, creds, options=options)
 
-    async def _session(self) -> None:
+    async def _session(self, target: str, name: str | None) -> None:
         token = self.cfg.collector.token()
         if (self.cfg.collector.token_env or self.cfg.collector.token_file) and not token:
             raise SessionError("the bearer token is empty or its environment variable is unset")
         metadata = (("authorization", f"Bearer {token}"),) if token else None
-        # A fresh channel per session, with its own subchannel: see CHANNEL_OPTIONS.
-        async with self._channel() as channel:
+        # A fresh channel per session, with its own subchannel: see channel_options().
+        async with self._channel(target, name) as channel:
             stub = CollectorServiceStub(channel)  # type: ignore[no-untyped-call]
             call = stub.Connect(metadata=metadata)
             try:
@@ -182,6 +243,7 @@ class Uplink:
         await call.write(pb.ConnectRequest(hello=pb.Hello(
             version=__version__, labels=labels, capabilities=CAPABILITIES,
             last_acked_seq=self.spool.acked_seq, sent_at=_timestamp(sent_ns),
+            spool_id=self.spool.spool_id,
         )))
         async with asyncio.timeout(self.hello_timeout):
             first = await call.read()
@@ -201,7 +263,7 @@ class Uplink:
         self.last_error = ""
         log.info(
             "connected to the collector at %s as %s in %.0f ms; clock offset %+.3fs; "
-            "%d results to replay", self.cfg.collector.address, w.agent_id,
+            "%d results to replay", self.endpoint, w.agent_id,
             (time.monotonic() - began) * 1000, offset / 1e9, self.spool.depth,
         )
         if w.last_processed_seq >= self.spool.next_seq:

@@ -151,6 +151,18 @@ class Limits(Strict):
     max_batches_per_second: float = Field(default=20.0, gt=0)
 
 
+class Keepalive(Strict):
+    """HTTP/2 keepalive on agent streams: how often agents may ping (their pings find a dead
+    collector, or a NAT mapping gone, between results), and how the collector finds dead
+    agents itself."""
+
+    # An agent pinging more often than this is sent GOAWAY too_many_pings; the agent's
+    # default (collector.keepalive.time, 10 s) must not be below it.
+    min_ping_interval: Seconds = 5.0
+    time: Seconds = 30.0  # the collector's own pings on a quiet connection
+    timeout: Seconds = 10.0  # a ping unanswered this long ends the connection
+
+
 class Metrics(Strict):
     """How /metrics keeps its series in check."""
 
@@ -203,7 +215,12 @@ class CollectorConfig(Strict):
     agents_file: Path | None = Field(default=None, validate_default=True)
     checks: Annotated[list[Check], AfterValidator(_unique_checks)] = []
     limits: Limits = Limits()
+    keepalive: Keepalive = Keepalive()
     results_log: Path | None = None  # JSON lines of every accepted result (tests, audits)
+    # Each agent's high-water mark: a local file (relative paths from the working
+    # directory) for one collector alone, or redis://[:PASSWORD@]HOST:PORT/DB (rediss://,
+    # unix://) shared by several replicas.
+    state: str = Field(default="collector.state", min_length=1)
     # Read at start (a reload does not change them); an exporter not configured costs nothing.
     metrics: Metrics = Metrics()
     traces: Traces | None = None

@@ -28,6 +28,7 @@ REJECT_REASONS = (
     "batch_too_large",  # more results than limits.max_batch_results
     "out_of_order",  # seq not strictly increasing within a batch
     "invalid_result",  # a result the codec refuses (counted per result; the stream goes on)
+    "credential_in_use",  # a second live stream of one agent's credential from another spool
 )
 
 
@@ -54,6 +55,8 @@ class FleetState:
     last_result: dict[str, float] = field(default_factory=dict)  # agent -> unix time
     versions: dict[str, str] = field(default_factory=dict)  # agent -> its Hello's version
     connected_since: dict[str, float] = field(default_factory=dict)  # agent -> unix time
+    # agent -> results two replicas both processed (shared state; see Ingest.batch_shared)
+    doubled: dict[str, int] = field(default_factory=dict)
 
     def reject(self, reason: str, count: int = 1) -> None:
         self.rejected[reason] += count
@@ -68,6 +71,7 @@ class Accepted:
     fixed_labels: dict[str, str]  # the registry's labels win over what a result claims
     wire: list[pb.ProbeResult]
     _reports: list[Report] | None = None
+    key: str = ""  # the mark's key (state.mark_key): the agent and its spool
 
     @property
     def results(self) -> Sequence[ResultView]:
@@ -93,30 +97,118 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
+class MarkStore(Protocol):
+    """Where a local mark is persisted (collector/state.py's StateFile)."""
+
+    def record(self, key: str, seq: int) -> None: ...
+
+
+class SharedMarks(Protocol):
+    """Marks shared by replicas (collector/state.py's RedisState). advance() stores
+    max(mark, floor, seq) and returns max(mark, floor) as it was; it raises when the store
+    cannot be reached, and until_available() retries it: fail closed, no ack meanwhile."""
+
+    async def advance(self, key: str, seq: int, floor: int) -> int: ...
+
+    async def until_available(self, key: str, seq: int, floor: int) -> int: ...
+
+
+def last_seq(results: Sequence[pb.ProbeResult]) -> int:
+    """The batch's last seq, or Refused if the seqs do not increase."""
+    previous = 0
+    for msg in results:
+        if msg.seq <= previous:
+            raise Refused(
+                grpc.StatusCode.INVALID_ARGUMENT, "out_of_order",
+                f"seq {msg.seq} after {previous} in one batch: sequence numbers start at 1 "
+                "and must increase",
+            )
+        previous = msg.seq
+    return previous
+
+
 class Ingest:
     """Per-agent high-water marks and the batch path. Results of one agent arrive in order
     (the agent replays its spool oldest first), so a seq at or below the mark was processed
-    before: counted as a duplicate, acknowledged, not processed again."""
+    before: counted as a duplicate, acknowledged, not processed again. A mark belongs to a
+    key, the agent and its spool (state.mark_key). Kept here (and in `store`, a state file,
+    once per batch) or, with `shared`, in Redis, advanced there right after the sinks saw
+    the batch."""
 
     def __init__(self, fleet: FleetState, sinks: Sequence[Sink] = (),
-                 high_water: dict[str, int] | None = None) -> None:
+                 high_water: dict[str, int] | None = None, store: MarkStore | None = None,
+                 shared: SharedMarks | None = None) -> None:
         self.fleet = fleet
         self.sinks = list(sinks)
         self.high_water = high_water or {}
+        self.store = store
+        self.shared = shared
         self._logged_invalid: set[str] = set()
 
     def hello(self, agent: str, last_acked_seq: int) -> int:
         """The highest seq of this agent known processed. What the agent says was acked was
         processed by some collector, so it raises the mark (this one may have restarted)."""
-        mark = max(self.high_water.get(agent, 0), last_acked_seq)
-        self.high_water[agent] = mark
+        mark = self.high_water.get(agent, 0)
+        if last_acked_seq > mark:
+            mark = self.high_water[agent] = last_acked_seq
+            if self.store is not None:
+                self.store.record(agent, mark)
+        return mark
+
+    async def hello_shared(self, key: str, last_acked_seq: int) -> int:
+        """hello() against the shared marks. The agent's acknowledged seq and this replica's
+        last known mark are floors: a Redis that lost its data cannot lower a mark below
+        what either knows. Raises StateUnavailable."""
+        assert self.shared is not None
+        floor = self.high_water.get(key, 0)
+        mark = max(await self.shared.until_available(key, last_acked_seq, floor),
+                   last_acked_seq)
+        self.high_water[key] = mark
         return mark
 
     def batch(self, agent: str, fixed_labels: dict[str, str],
-              results: Sequence[pb.ProbeResult]) -> int:
+              results: Sequence[pb.ProbeResult], key: str = "") -> int:
         """Process one batch and return the seq to acknowledge, or raise Refused with
         nothing changed. No await and no per-result logging here: this is the hot path."""
-        mark = self.high_water.get(agent, 0)
+        key = key or agent
+        mark = self.high_water.get(key, 0)
+        last = self._process(agent, fixed_labels, results, mark, key)
+        if last > mark:
+            self.high_water[key] = mark = last
+            if self.store is not None:
+                self.store.record(key, last)
+        return mark
+
+    async def batch_shared(self, agent: str, fixed_labels: dict[str, str],
+                           results: Sequence[pb.ProbeResult], key: str) -> int:
+        """batch() with the mark advanced in the shared state (one round trip) right after
+        the sinks. This replica's mark came from the shared state at hello and has been
+        advanced by itself since: an agent streams to one replica at a time, so results
+        above it are new. Sinks first: the advance leaves the process in the same step of
+        the event loop, so a replica killed at any moment has either not processed a batch
+        or has its advance on the wire (claiming first and dying before the sinks would
+        lose the batch for good). Only a replica frozen past the agents' keepalive that
+        then resumes a batch the agent meanwhile replayed elsewhere counts it twice: seen
+        here, logged and counted. While the shared state is unreachable this waits: no
+        ack, and the stream reads no further batch."""
+        assert self.shared is not None
+        floor = self.high_water.get(key, 0)
+        last = self._process(agent, fixed_labels, results, floor, key)
+        self.high_water[key] = max(floor, last)
+        before = await self.shared.until_available(key, last, floor)
+        if before > floor:
+            twice = sum(1 for r in results if floor < r.seq <= before)
+            self.fleet.doubled[agent] = self.fleet.doubled.get(agent, 0) + twice
+            if twice:
+                log.warning("agent %s: %d result(s) up to seq %d were also processed by "
+                            "another replica (this one was frozen meanwhile): counted twice",
+                            agent, twice, before)
+        mark = self.high_water[key] = max(before, last)
+        return mark
+
+    def _process(self, agent: str, fixed_labels: dict[str, str],
+                 results: Sequence[pb.ProbeResult], mark: int, key: str = "") -> int:
+        """Hand the results above mark to the sinks and count; return the batch's last seq."""
         previous = 0
         fresh: list[pb.ProbeResult] = []
         invalid = 0
@@ -143,7 +235,7 @@ class Ingest:
             fresh.append(msg)
         duplicates = len(results) - len(fresh) - invalid
         if fresh:
-            batch = Accepted(agent, fixed_labels, fresh)
+            batch = Accepted(agent, fixed_labels, fresh, key=key)
             for sink in self.sinks:
                 sink.write(batch)
             self.fleet.received[agent] = self.fleet.received.get(agent, 0) + len(fresh)
@@ -156,6 +248,4 @@ class Ingest:
                 self._logged_invalid.add(agent)
                 log.warning("agent %s sent %d invalid result(s), dropped and counted; "
                             "the first: %s", agent, invalid, first_error)
-        if previous > mark:
-            self.high_water[agent] = mark = previous
-        return mark
+        return previous

@@ -22,10 +22,18 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from loginprobe.address import split_host_port
 from loginprobe.collector.assign import assigned, changes
 from loginprobe.collector.auth import AuthError, Credential, credential, identify
-from loginprobe.collector.config import Check, Loaded, load_config
+from loginprobe.collector.config import Check, CollectorConfig, Keepalive, Loaded, load_config
 from loginprobe.collector.exporters.prometheus import serve_metrics
 from loginprobe.collector.ingest import FleetState, Ingest, Refused
 from loginprobe.collector.sinks import build as build_sinks
+from loginprobe.collector.state import (
+    RedisState,
+    StateError,
+    StateFile,
+    StateMetrics,
+    is_redis,
+    mark_key,
+)
 from loginprobe.config import ConfigError
 from loginprobe.wire import collector_pb2 as pb
 
@@ -102,6 +110,8 @@ class Session:
     task: asyncio.Task[Any]
     checks: dict[str, Check] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one writer at a time
+    spool_id: str = ""  # from the hello: which spool this stream's seqs come from
+    key: str = ""  # the high-water mark's key: agent and spool
     kicked: tuple[grpc.StatusCode, str] | None = None
     idle: bool = False  # waiting for a batch: nothing is half done
     ending: bool = False  # the kick's status is being sent
@@ -134,6 +144,7 @@ class CollectorService:
         self.sessions: dict[str, Session] = {}
         self.buckets: dict[str, Bucket] = {}
         self._pushes: set[asyncio.Task[None]] = set()
+        self._told: set[tuple[str, str]] = set()  # (agent, spool) refused as a second stream
         self.apply(loaded)
 
     def handler(self) -> grpc.GenericRpcHandler:
@@ -167,10 +178,15 @@ class CollectorService:
             task = asyncio.current_task()
             assert task is not None
             session = Session(agent.id, cred, dict(hello.labels), dict(agent.labels), context,
-                              task)
+                              task, spool_id=hello.spool_id[:64],
+                              key=mark_key(agent.id, hello.spool_id[:64]))
+            self._second_stream(session)
             session.checks = assigned(self.checks, session.labels)
             self._open(session, hello.version)
-            mark = self.ingest.hello(agent.id, hello.last_acked_seq)
+            if self.ingest.shared is None:
+                mark = self.ingest.hello(session.key, hello.last_acked_seq)
+            else:
+                mark = await self.ingest.hello_shared(session.key, hello.last_acked_seq)
             welcome = pb.Welcome(agent_id=agent.id, labels=session.labels,
                                  max_batch_results=self.limits.max_batch_results,
                                  last_processed_seq=mark)
@@ -186,7 +202,9 @@ class CollectorService:
             await self._results(session)
         except Refused as exc:
             self.fleet.reject(exc.reason)
-            log.warning("refused a message from agent %s (%s): %s", agent.id, exc.reason, exc)
+            if exc.reason != "credential_in_use":  # that one is logged once, by its maker
+                log.warning("refused a message from agent %s (%s): %s", agent.id, exc.reason,
+                            exc)
             await context.abort(exc.code, str(exc))
         except asyncio.CancelledError:
             # A kick cancels an idle handler; turn that into the kick's status. A handler
@@ -243,8 +261,31 @@ class CollectorService:
             if wait:
                 await asyncio.sleep(wait)
             session.idle = False
-            seq = self.ingest.batch(agent, session.fixed, results)
+            if self.ingest.shared is None:
+                seq = self.ingest.batch(agent, session.fixed, results, session.key)
+            else:
+                seq = await self.ingest.batch_shared(agent, session.fixed, results, session.key)
             await session.send(pb.ConnectResponse(ack=pb.Ack(seq=seq)))
+
+    def _second_stream(self, session: Session) -> None:
+        """One credential on two machines (a copied config): the stream of another spool
+        while one is live is refused, loudly and once in the log, never raced. The same spool
+        again is the same agent reconnecting (the older stream may be half-open): it wins."""
+        older = self.sessions.get(session.agent)
+        if older is None or older.spool_id == session.spool_id or not (
+                older.spool_id and session.spool_id):
+            return
+        message = (
+            f"the credential of agent {session.agent} is already in use by a live stream from "
+            f"{older.context.peer()} with another spool: two machines share this agent's token "
+            "or certificate (a copied config?). Give each machine its own entry under agents: "
+            "in the collector's config and its own credential; until then this one keeps its "
+            "results spooled and retries")
+        if (session.agent, session.spool_id) not in self._told:
+            self._told.add((session.agent, session.spool_id))
+            log.error("refused a second stream of agent %s from %s: %s", session.agent,
+                      session.context.peer(), message)
+        raise Refused(grpc.StatusCode.FAILED_PRECONDITION, "credential_in_use", message)
 
     def _open(self, session: Session, version: str) -> None:
         older = self.sessions.get(session.agent)
@@ -364,17 +405,28 @@ async def _watch(path: Path, loaded: Loaded, service: CollectorService,
                  len(new.config.checks))
 
 
-def _grpc_server(service: CollectorService, limit: int) -> grpc.aio.Server:
-    server = grpc.aio.server(options=[
+def grpc_options(limit: int, keepalive: Keepalive) -> list[tuple[str, int]]:
+    """The server's channel options. gRPC ignores a name it does not know, silently:
+    tests/test_keepalive.py checks each against the names in the installed gRPC."""
+    return [
         # gRPC itself drops messages far over the limit; the deserializer refuses (and
         # counts) those between the limit and this.
         ("grpc.max_receive_message_length", 2 * limit),
-        # Agents ping to find a dead collector; allow every 5 s, also between batches.
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", 5000),
+        # Agents ping to find a dead collector, also between batches; without this gRPC
+        # allows one ping per 5 minutes and answers more with GOAWAY too_many_pings.
+        ("grpc.http2.min_ping_interval_without_data_ms",
+         round(keepalive.min_ping_interval * 1000)),
         ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.keepalive_time_ms", 30_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
-    ])
+        ("grpc.keepalive_time_ms", round(keepalive.time * 1000)),
+        ("grpc.keepalive_timeout_ms", round(keepalive.timeout * 1000)),
+        # Newer gRPC cores time an unanswered ping out by this one (default 1 minute).
+        ("grpc.http2.ping_timeout_ms", round(keepalive.timeout * 1000)),
+    ]
+
+
+def _grpc_server(service: CollectorService, config: CollectorConfig) -> grpc.aio.Server:
+    server = grpc.aio.server(
+        options=grpc_options(config.limits.max_message_bytes, config.keepalive))
     server.add_generic_rpc_handlers([service.handler()])
     return server
 
@@ -384,9 +436,24 @@ async def serve(path: Path, loaded: Loaded) -> int:
     address cannot be listened on."""
     config = loaded.config
     fleet = FleetState()
+    try:
+        state_file = None if is_redis(config.state) else StateFile(Path(config.state))
+    except StateError as exc:
+        log.error("%s", exc)
+        return 1
     sinks = build_sinks(config, fleet)
-    service = CollectorService(loaded, Ingest(fleet, sinks.all, sinks.high_water), fleet)
-    server = _grpc_server(service, config.limits.max_message_bytes)
+    shared = None
+    if state_file is None:
+        shared = RedisState(config.state)
+        sinks.extra_collectors.append(StateMetrics(shared))
+        ingest = Ingest(fleet, sinks.all, shared=shared)
+    else:
+        marks = dict(state_file.marks)
+        for key, seq in sinks.high_water.items():  # a results log may know a later one
+            marks[key] = max(seq, marks.get(key, 0))
+        ingest = Ingest(fleet, sinks.all, marks, store=state_file)
+    service = CollectorService(loaded, ingest, fleet)
+    server = _grpc_server(service, config)
     health_service = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_service, server)
     await health_service.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
@@ -409,6 +476,7 @@ async def serve(path: Path, loaded: Loaded) -> int:
                                     results=sinks.metrics,
                                     series_ttl=config.metrics.series_ttl,
                                     extra=sinks.extra_collectors,
+                                    health=None if shared is None else shared.health,
                                     pages={"/status": sinks.status} if sinks.status else None)
         except OSError as exc:
             log.error("cannot serve /metrics on %s: %s", config.metrics_listen, exc.strerror)
@@ -430,6 +498,10 @@ async def serve(path: Path, loaded: Loaded) -> int:
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, hup.set)
     watcher = asyncio.create_task(_watch(path, loaded, service, hup))
+    if shared is not None:
+        await shared.ping()
+        pinger = asyncio.create_task(shared.watch())
+        log.info("high-water marks in %s", shared.where)
     await stop.wait()
 
     log.info("stopping: no new streams, %d open ones get %gs to end", len(service.sessions),
@@ -443,5 +515,10 @@ async def serve(path: Path, loaded: Loaded) -> int:
     if metrics is not None:
         metrics.shutdown()
     sinks.close()
+    if shared is not None:
+        pinger.cancel()
+        await shared.close()
+    if state_file is not None:
+        state_file.close()
     log.info("stopped")
     return 0

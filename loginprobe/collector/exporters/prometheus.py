@@ -485,13 +485,21 @@ class FleetCollector(Collector):
         for agent, t in dict(s.last_result).items():
             if agent in live:
                 last.add_metric([agent], t)
-        yield from (received, duplicate, rejected, connected, last)
+        doubled = CounterMetricFamily(
+            "loginprobe_collector_results_doubled",
+            "Results this replica processed that another had processed too (it was frozen "
+            "past the agent's keepalive meanwhile); shared state only.", labels=["agent"])
+        for agent, n in dict(s.doubled).items():
+            if agent in live:
+                doubled.add_metric([agent], n)
+        yield from (received, duplicate, rejected, connected, last, doubled)
 
 
 def serve_metrics(
     fleet: FleetState, host: str, port: int, results: ResultMetrics | None = None,
     series_ttl: float = 3600.0, extra: Sequence[Collector] = (),
     pages: Mapping[str, Callable[..., Iterable[bytes]]] | None = None,
+    health: Callable[[], str | None] | None = None,
 ) -> WSGIServer:
     """Start /metrics on host:port; the caller shuts the returned server down. The format
     follows the scraper's Accept header: OpenMetrics (with exemplars) when asked for. The
@@ -507,8 +515,11 @@ def serve_metrics(
         if environ.get("PATH_INFO") == "/healthz":
             # For container and Kubernetes probes: plain HTTP, where the gRPC port's health
             # service would need the collector's TLS settings in every probe.
+            # Still 200 when the shared state is away: a restart would not bring it back,
+            # so a liveness probe must not restart the collector; the body says why.
+            problem = health() if health is not None else None
             start_response("200 OK", [("Content-Type", "text/plain")])
-            return [b"ok: serving\n"]
+            return [problem.encode() if problem else b"ok: serving\n"]
         page = (pages or {}).get(environ.get("PATH_INFO", "").rstrip("/"))
         if page is not None:  # other WSGI apps sharing the listener (the /status page)
             return page(environ, start_response)

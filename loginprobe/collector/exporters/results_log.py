@@ -12,7 +12,8 @@ from typing import IO
 from loginprobe.collector.ingest import Accepted
 
 # What recovery reads from the start of each results-log line.
-_LINE_START = re.compile(rb'\{"agent": ("(?:[^"\\]|\\.)*"), "seq": (\d+)')
+_LINE_START = re.compile(
+    rb'\{"agent": ("(?:[^"\\]|\\.)*"), "seq": (\d+)(?:, "key": ("(?:[^"\\]|\\.)*"))?')
 
 
 class ResultsLog:
@@ -33,7 +34,8 @@ class ResultsLog:
                 end += len(line)
                 m = _LINE_START.match(line)
                 if m:
-                    agent, seq = json.loads(m[1]), int(m[2])
+                    # The mark's key (agent and spool) where the line has one.
+                    agent, seq = json.loads(m[3] or m[1]), int(m[2])
                     if seq > self.high_water.get(agent, 0):
                         self.high_water[agent] = seq
             f.truncate(end)
@@ -41,8 +43,9 @@ class ResultsLog:
 
     def write(self, batch: Accepted) -> None:
         agent = json.dumps(batch.agent)
+        key = f', "key": {json.dumps(batch.key)}' if batch.key not in ("", batch.agent) else ""
         self._file.write("".join(
-            f'{{"agent": {agent}, "seq": {r.seq}, "check": {json.dumps(r.check)}, '
+            f'{{"agent": {agent}, "seq": {r.seq}{key}, "check": {json.dumps(r.check)}, '
             f'"result": {json.dumps(r.result.to_dict())}'
             + (f', "session": {json.dumps(dataclasses.asdict(r.session))}' if r.session else "")
             + "}\n"
