@@ -487,7 +487,8 @@ def test_a_taken_port_is_one_clear_sentence(tmp_path: Path) -> None:
         taken.listen()
         config = tmp_path / "collector.yaml"
         config.write_text(f"listen: 127.0.0.1:{taken.getsockname()[1]}\n"
-                          "allow_plaintext_loopback: true\nmetrics_listen: null\n")
+                          "allow_plaintext_loopback: true\nmetrics_listen: null\n"
+                          f"state: {tmp_path}/collector.state\n")
         done = run_collector(config)
     assert done.returncode == 1
     assert "cannot listen on 127.0.0.1:" in done.stderr and "Traceback" not in done.stderr
