@@ -8,6 +8,7 @@ import base64
 import contextlib
 import json
 import re
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 
 import h11
@@ -105,11 +106,12 @@ def _parser_for(attempt: Attempt) -> h11.Connection:
     return parser
 
 
-async def read_head(conn: Conn, parser: h11.Connection | None = None) -> Response:
-    """Read up to the end of the final response's headers (1xx interim answers, 100
-    Continue or 103 Early Hints, are skipped), all of it counted against MAX_HEAD_BYTES.
-    `parser` knows the request sent (default: the login request of the attempt's URL)."""
-    parser = parser or _parser_for(conn.attempt)
+async def head_event(
+    parser: h11.Connection, read: Callable[[int], Awaitable[bytes]], *, upgrade: bool = False
+) -> h11.Response | h11.InformationalResponse:
+    """The final response's head (with `upgrade`, a 101 too) from parser, fed by read(bytes
+    received so far), which names a first answer that is not HTTP. Other 1xx interim answers
+    are skipped; all of the head counts against MAX_HEAD_BYTES."""
     received = 0
     while True:
         try:
@@ -124,28 +126,46 @@ async def read_head(conn: Conn, parser: h11.Connection | None = None) -> Respons
                     Reason.PROTOCOL_ERROR,
                     f"the response headers are longer than {MAX_HEAD_BYTES} bytes",
                 )
-            data = await conn.recv(READ_BYTES)
-            if received == 0 and not data.startswith(b"HTTP/"[: len(data)]):
-                other = mismatch.foreign(conn.attempt, data)
-                raise ProbeFailure(
-                    Reason.PROTOCOL_MISMATCH,
-                    f"the server does not speak HTTP: {printable(data, 60)!r}"
-                    + (f" ({other.message})" if other else ""),
-                )
+            data = await read(received)
             received += len(data)
             parser.receive_data(data)
         elif isinstance(event, h11.Response):
-            phrase = event.reason.decode("latin-1").strip()
-            if not phrase:
-                try:
-                    phrase = HTTPStatus(event.status_code).phrase
-                except ValueError:
-                    phrase = ""
-            headers = {
-                name.decode("latin-1"): value.decode("latin-1") for name, value in event.headers
-            }
-            return Response(parser, event.status_code, phrase, headers)
-        # An InformationalResponse (1xx): the final answer follows.
+            return event
+        elif isinstance(event, h11.InformationalResponse):
+            if upgrade and event.status_code == 101:
+                return event
+        elif upgrade:
+            raise ProbeFailure(
+                Reason.PROTOCOL_ERROR, f"unexpected HTTP event {type(event).__name__}"
+            )
+
+
+async def read_head(conn: Conn, parser: h11.Connection | None = None) -> Response:
+    """Read up to the end of the final response's headers (1xx interim answers, 100
+    Continue or 103 Early Hints, are skipped), all of it counted against MAX_HEAD_BYTES.
+    `parser` knows the request sent (default: the login request of the attempt's URL)."""
+    parser = parser or _parser_for(conn.attempt)
+
+    async def read(received: int) -> bytes:
+        data = await conn.recv(READ_BYTES)
+        if received == 0 and not data.startswith(b"HTTP/"[: len(data)]):
+            other = mismatch.foreign(conn.attempt, data)
+            raise ProbeFailure(
+                Reason.PROTOCOL_MISMATCH,
+                f"the server does not speak HTTP: {printable(data, 60)!r}"
+                + (f" ({other.message})" if other else ""),
+            )
+        return data
+
+    event = await head_event(parser, read)
+    phrase = event.reason.decode("latin-1").strip()
+    if not phrase:
+        try:
+            phrase = HTTPStatus(event.status_code).phrase
+        except ValueError:
+            phrase = ""
+    headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in event.headers}
+    return Response(parser, event.status_code, phrase, headers)
 
 
 async def _body_prefix(conn: Conn, response: Response) -> str:

@@ -32,10 +32,11 @@ from loginprobe.probes.attempt import (
     hexdump,
     printable,
 )
+from loginprobe.probes.http import MAX_HEAD_BYTES as MAX_HEAD_BYTES  # xmpp_ws bounds by it too
+from loginprobe.probes.http import head_event
 from loginprobe.target import Target
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
-MAX_HEAD_BYTES = 64 * 1024  # the Upgrade answer's status line and headers
 READ_BYTES = 65536
 CLOSE_WAIT = 0.25  # seconds our close frame may take; the verdict is in by then
 
@@ -193,46 +194,26 @@ async def read_response(
 ) -> h11.Response | h11.InformationalResponse:
     """The final HTTP answer (or 101) to a request already sent through parser, its head
     bounded by MAX_HEAD_BYTES. Anything but HTTP is named as what it is."""
-    received = 0
-    while True:
+
+    async def read(received: int) -> bytes:
         try:
-            event = parser.next_event()
-        except h11.RemoteProtocolError as exc:
+            data = await conn.recv(4096)
+        except ProbeFailure as failure:
+            if received == 0 and failure.reason in (Reason.PROTOCOL_ERROR, Reason.TCP_RESET):
+                # An HTTP server always answers something, even 400.
+                raise mismatch.hung_up(conn.attempt, failure, opening) from None
+            raise
+        if received == 0 and not data.startswith(b"HTTP/"[: len(data)]):
+            other = mismatch.foreign(conn.attempt, data)
+            if other is not None:
+                raise other
             raise ProbeFailure(
-                Reason.PROTOCOL_ERROR, f"malformed status line or headers: {exc}"
-            ) from None
-        if event is h11.NEED_DATA:
-            if received > MAX_HEAD_BYTES:
-                raise ProbeFailure(
-                    Reason.PROTOCOL_ERROR,
-                    f"the response headers are longer than {MAX_HEAD_BYTES} bytes",
-                )
-            try:
-                data = await conn.recv(4096)
-            except ProbeFailure as failure:
-                if received == 0 and failure.reason in (Reason.PROTOCOL_ERROR, Reason.TCP_RESET):
-                    # An HTTP server always answers something, even 400.
-                    raise mismatch.hung_up(conn.attempt, failure, opening) from None
-                raise
-            if received == 0 and not data.startswith(b"HTTP/"[: len(data)]):
-                other = mismatch.foreign(conn.attempt, data)
-                if other is not None:
-                    raise other
-                raise ProbeFailure(
-                    Reason.PROTOCOL_MISMATCH,
-                    f"the port answered {printable(data, 60)!r} to {opening}, not HTTP",
-                )
-            received += len(data)
-            parser.receive_data(data)
-        elif isinstance(event, h11.Response):
-            return event
-        elif isinstance(event, h11.InformationalResponse):
-            if event.status_code == 101:
-                return event  # the upgrade; other 1xx are interim answers
-        else:
-            raise ProbeFailure(
-                Reason.PROTOCOL_ERROR, f"unexpected HTTP event {type(event).__name__}"
+                Reason.PROTOCOL_MISMATCH,
+                f"the port answered {printable(data, 60)!r} to {opening}, not HTTP",
             )
+        return data
+
+    return await head_event(parser, read, upgrade=True)
 
 
 def _headers(event: h11.Response | h11.InformationalResponse) -> dict[str, str]:
