@@ -289,20 +289,12 @@ class Servers:
             return self
         for name in _BINARIES:
             _which(name)  # fail before anything is written or started
-        for attempt in range(START_ATTEMPTS):
+
+        def attempt() -> None:
             self._started = True
-            try:
-                self._start()
-                return self
-            except PortTaken:
-                self.stop()
-                # Another process took a port between our pick and the server's bind:
-                # pick new ones. Any other failure is real and is reported at once.
-                if attempt == START_ATTEMPTS - 1:
-                    raise
-            except BaseException:
-                self.stop()
-                raise
+            self._start()
+
+        start_retrying(attempt, self.stop)
         return self
 
     def _start(self) -> None:
@@ -740,23 +732,11 @@ listener {self.mqtt_port} 127.0.0.1
         location = /status503 {{ return 503; }}
         location = /status500 {{ return 500; }}
 """
-        temp_paths = "\n".join(
-            f"    {kind}_temp_path {base / kind};"
-            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-        )
         conf = base / "nginx.conf"
         conf.write_text(f"""\
 # Written by devstack/servers.py.
 # One process: a SIGTERM to the PID we started stops everything, and pdeathsig covers it.
-master_process off;
-worker_processes 1;
-pid {base / "nginx.pid"};
-error_log {self.tmpdir / "nginx.log"} info;
-events {{ worker_connections 256; }}
-http {{
-    access_log {self.tmpdir / "nginx.log"};
-{temp_paths}
-    default_type text/plain;
+{nginx_preamble(base, self.tmpdir / "nginx.log")}    default_type text/plain;
     ssl_certificate {cert};
     ssl_certificate_key {key};
 
@@ -816,3 +796,39 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def start_retrying(start: Callable[[], None], stop: Callable[[], None]) -> None:
+    """start(), stopping and starting again on PortTaken up to START_ATTEMPTS times: another
+    process took a port between our pick and the server's bind, so new ones are picked. Any
+    other failure is real: stop() and report it at once."""
+    for attempt in range(START_ATTEMPTS):
+        try:
+            start()
+            return
+        except PortTaken:
+            stop()
+            if attempt == START_ATTEMPTS - 1:
+                raise
+        except BaseException:
+            stop()
+            raise
+
+
+def nginx_preamble(folder: Path, log: Path) -> str:
+    """The head of a devstack nginx.conf up to inside `http {`: one process, its pid and
+    temp paths in folder, errors and access to log."""
+    temp_paths = "\n".join(
+        f"    {kind}_temp_path {folder / kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    return f"""\
+master_process off;
+worker_processes 1;
+pid {folder / "nginx.pid"};
+error_log {log} info;
+events {{ worker_connections 256; }}
+http {{
+    access_log {log};
+{temp_paths}
+"""

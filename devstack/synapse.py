@@ -48,7 +48,6 @@ from typing import Any
 
 from devstack.servers import (
     KEEP_ENV,
-    START_ATTEMPTS,
     STOP_TIMEOUT,
     GroundError,
     PortTaken,
@@ -56,6 +55,8 @@ from devstack.servers import (
     _free_ports,
     _tail,
     _which,
+    nginx_preamble,
+    start_retrying,
 )
 
 SERVER_NAME = "matrix.test"
@@ -125,18 +126,7 @@ class Synapse:
                 "matrix-synapse is not installed: .venv/bin/pip install -e '.[dev]' "
                 "(scripts/setup does)"
             )
-        for attempt in range(START_ATTEMPTS):
-            try:
-                self._start()
-                return self
-            except PortTaken:
-                self.stop()
-                # Another process took a port between our pick and the bind: pick again.
-                if attempt == START_ATTEMPTS - 1:
-                    raise
-            except BaseException:
-                self.stop()
-                raise
+        start_retrying(self._start, self.stop)
         return self
 
     def _start(self) -> None:
@@ -342,21 +332,9 @@ class Synapse:
             proxy_http_version 1.1;
         }}"""
         to_synapse, to_nowhere = proxy.format(self.synapse_port), proxy.format(self._dead_port)
-        temp_paths = "\n".join(
-            f"    {kind}_temp_path {base / kind};"
-            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-        )
         (base / "nginx.conf").write_text(f"""\
 # Written by devstack/synapse.py: TLS in front of synapse, as most deployments have it.
-master_process off;
-worker_processes 1;
-pid {base / "nginx.pid"};
-error_log {base / "nginx.log"} info;
-events {{ worker_connections 256; }}
-http {{
-    access_log {base / "nginx.log"};
-{temp_paths}
-    default_type text/html;
+{nginx_preamble(base, base / "nginx.log")}    default_type text/html;
     ssl_certificate {pair.cert};
     ssl_certificate_key {pair.key};
     server {{

@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 from devstack import servers as base
-from devstack.servers import Servers, _free_ports, http_get, mqtt_connack
+from devstack.servers import Servers, _free_ports, http_get, mqtt_connack, nginx_preamble
 
 
 class WsServers(Servers):
@@ -209,22 +209,10 @@ keyfile {pair.key}
             return 200 '{self._host_meta()}';
         }}
 """
-        temp_paths = "\n".join(
-            f"    {kind}_temp_path {folder / kind};"
-            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-        )
         conf = folder / "nginx.conf"
         conf.write_text(f"""\
 # Written by devstack/websocket.py.
-master_process off;
-worker_processes 1;
-pid {folder / "nginx.pid"};
-error_log {self.tmpdir / "nginx.log"} info;
-events {{ worker_connections 256; }}
-http {{
-    access_log {self.tmpdir / "nginx.log"};
-{temp_paths}
-    default_type text/plain;
+{nginx_preamble(folder, self.tmpdir / "nginx.log")}    default_type text/plain;
     ssl_certificate {self._pki.valid.cert};
     ssl_certificate_key {self._pki.valid.key};
     server {{
