@@ -202,3 +202,42 @@ async def test_the_agent_holds_sessions_over_websocket(
         assert any(ev(r).kind == "keepalive" and ev(r).keepalive_rtt_ns for r in mine), [
             (ev(r).kind, str(r.result.reason), r.result.message) for r in mine]
         assert not any(ev(r).kind == "drop" for r in mine)
+
+
+async def test_keepalives_are_reported_at_most_a_hundred_round_trips_at_a_time(
+    servers: Servers,
+) -> None:
+    """A short keepalive reports its round trips as the session runs, not only once a
+    minute or at the end, and no event grows past KEEPALIVE_REPORT_MAX round trips."""
+    from loginprobe.agent.held import KEEPALIVE_REPORT_MAX
+
+    spool = Spool()
+    sched = Scheduler(spool.sink, [ProbePath("default")], concurrency=1)
+    sched.replace(LOCAL, [_spec(servers, "mqtt", keepalive=0.01)])
+    await spool.until("keepalive", 1, within=20.0)
+    await sched.stop()
+    sizes = [len(ev(r).keepalive_rtt_ns) for r in spool.reports if ev(r).kind == "keepalive"]
+    assert sizes[0] == KEEPALIVE_REPORT_MAX and max(sizes) <= KEEPALIVE_REPORT_MAX, sizes
+
+
+async def test_a_stop_waits_for_every_path_to_hand_over_its_last_events(
+    servers: Servers,
+) -> None:
+    """At a stop each path's session reports the round trips it has not reported yet; the
+    stop returns only when all of them are in the spool, so the agent's drain sends them
+    (one path's session ending first must not end the wait)."""
+    spool = Spool()
+
+    async def slow_sink(report: Report) -> None:
+        # The agent's spool writes in a thread: some paths' writes finish later than others.
+        await asyncio.sleep(0.05 * int(report.labels["path"][1:]))
+        await spool.sink(report)
+
+    paths = [ProbePath(f"p{i}") for i in range(4)]
+    sched = Scheduler(slow_sink, paths, concurrency=1)
+    sched.replace(LOCAL, [_spec(servers, "mqtt", keepalive=0.05)])
+    await spool.until("login", len(paths))
+    await asyncio.sleep(1.0)
+    await sched.stop()
+    reported = {r.labels["path"] for r in spool.reports if ev(r).kind == "keepalive"}
+    assert reported == {p.name for p in paths}, spool.kinds()

@@ -30,6 +30,9 @@ Sink = Callable[[Report], Awaitable[object]]
 # One keepalive event carries the round trips of this long (or of the stretch up to a
 # drop): a held session costs the spool one message a minute while nothing happens.
 KEEPALIVE_REPORT_SECONDS = 60.0
+# ... or of this many round trips, whichever comes first: a short keepalive (0.1 s) makes
+# no message larger than this, and a session that runs on still reports its round trips.
+KEEPALIVE_REPORT_MAX = 100
 
 
 class Spec(Protocol):
@@ -99,7 +102,8 @@ class HeldSession:
             if not p.rtts:
                 p.since = time.monotonic()
             p.rtts.append((_parse(event["at"]), event["rtt_seconds"]))
-            if time.monotonic() - p.since >= self.report_every:
+            if (len(p.rtts) >= KEEPALIVE_REPORT_MAX
+                    or time.monotonic() - p.since >= self.report_every):
                 self._flush_keepalives()
             return
         if kind in ("drop", "reconnect", "login"):

@@ -196,8 +196,16 @@ class Scheduler:
         def offset() -> int:
             return self.clock_offset_ns
 
-        await asyncio.gather(*(
-            HeldSession(spec, path, self._sink, offset).run() for path in self._paths))
+        # return_exceptions: without it the gather ends as soon as one path's session ends
+        # (cancelled at a stop, say), while another path may still be writing its last
+        # events to the spool, and the stop's drain would not wait for them.
+        ended = await asyncio.gather(*(
+            HeldSession(spec, path, self._sink, offset).run() for path in self._paths),
+            return_exceptions=True)
+        for path, error in zip(self._paths, ended, strict=True):
+            if isinstance(error, Exception):
+                log.error("check %s on path %s: the held session ended: %r",
+                          spec.name, path.name, error)
 
     async def _every(self, spec: CheckSpec) -> None:
         loop = asyncio.get_running_loop()
