@@ -196,18 +196,7 @@ class TwoLinks:
         tbf = ("root", "tbf", "rate", rate, "burst", "1540", "latency", "2s")
         run("tc", "qdisc", "add", "dev", link.ifname, *tbf)
         self.inside("tc", "qdisc", "add", "dev", link.peer, *tbf)
-        for device, where in ((link.peer, "inside"), (link.ifname, "here")):
-            script = (
-                f"add table inet {self._table}\n"
-                f"add chain inet {self._table} input"
-                " { type filter hook input priority -10; policy accept; }\n"
-                f'add rule inet {self._table} input iifname "{device}"'
-                f" numgen random mod 100 < {drop_percent} drop\n"
-            )
-            if where == "inside":
-                self.inside("nft", "-f", "-", stdin=script)
-            else:
-                run("nft", "-f", "-", stdin=script)
+        self._random_drop(link, drop_percent)
 
     def lossy(self, link: Link, loss_percent: int) -> str:
         """Lose loss_percent of the packets arriving at either end of link, nothing else:
@@ -221,19 +210,23 @@ class TwoLinks:
             return "netem"
         except NetnsError:
             self.mend(link)
+        self._random_drop(link, loss_percent)
+        return "nftables"
+
+    def _random_drop(self, link: Link, percent: int) -> None:
+        """nftables drops percent of the packets arriving at either end of link."""
         for device, where in ((link.peer, "inside"), (link.ifname, "here")):
             script = (
                 f"add table inet {self._table}\n"
                 f"add chain inet {self._table} input"
                 " { type filter hook input priority -10; policy accept; }\n"
                 f'add rule inet {self._table} input iifname "{device}"'
-                f" numgen random mod 100 < {loss_percent} drop\n"
+                f" numgen random mod 100 < {percent} drop\n"
             )
             if where == "inside":
                 self.inside("nft", "-f", "-", stdin=script)
             else:
                 run("nft", "-f", "-", stdin=script)
-        return "nftables"
 
     def mend(self, link: Link) -> None:
         """The link clean again: no qdisc of ours, no drops."""
